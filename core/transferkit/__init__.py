@@ -1,0 +1,63 @@
+"""transferkit: transfer learning through one API on any installed framework.
+
+Example::
+
+    import transferkit as tk
+    train, test = tk.datasets.digits_transfer(shots=10, seed=0)
+    model = tk.build("torch:cnn", head=tk.Classifier(num_classes=5))
+    tk.fit(model, train, val=test, freeze=tk.freeze.GradualUnfreeze(), epochs=20, seed=0)
+    print(model.evaluate(test))
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import data, datasets, errors, freeze, metrics
+from .catalog import BackboneSpec, LayerGroup, WeightSource
+from .data import Dataset
+from .framework import Engine, Framework, OptimizerSpec
+from .freeze import FreezePolicy
+from .heads import Classifier, Head, Regressor
+from .hookspecs import hookimpl
+from .model import Backbone, Model, build, list_backbones, load
+from .plugins import list_plugins, register
+from .training import Callback, EarlyStopping, History, Trainer, TrainState, fit
+
+try:
+    __version__ = version("transferkit")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "Callback",
+    "Classifier",
+    "Dataset",
+    "EarlyStopping",
+    "Engine",
+    "FreezePolicy",
+    "Framework",
+    "Head",
+    "History",
+    "LayerGroup",
+    "Model",
+    "OptimizerSpec",
+    "Regressor",
+    "TrainState",
+    "Trainer",
+    "WeightSource",
+    "build",
+    "data",
+    "datasets",
+    "errors",
+    "fit",
+    "freeze",
+    "hookimpl",
+    "list_backbones",
+    "list_plugins",
+    "load",
+    "metrics",
+    "register",
+]

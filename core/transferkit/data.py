@@ -1,0 +1,274 @@
+"""Data containers, loaders, few-shot sampling and input checks.
+
+Neutral data is numpy: images channels-last float32 ``(N, H, W, C)`` with values in
+[0, 1], vectors ``(N, D)``, text ``list[str]``, labels int64 ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    EmptyDataError,
+    InputDTypeError,
+    InputShapeError,
+    LabelError,
+    NonFiniteInputError,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x``, labels or targets ``y`` and optional class names.
+
+    Example::
+
+        data = tk.Dataset(images, labels, classes=["cat", "dog"])
+        train, val = data.split(0.2, seed=0)
+    """
+
+    x: Any
+    y: np.ndarray | None = None
+    classes: list[str] | None = None
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.x, np.ndarray) or not isinstance(self.x, (list, tuple)):
+            self.x = np.asarray(self.x)
+        else:
+            self.x = list(self.x)
+        if self.y is not None:
+            self.y = np.asarray(self.y)
+            if self.y.dtype.kind in "iub":
+                self.y = self.y.astype(np.int64)
+            if len(self.y) != len(self.x):
+                raise LabelError(
+                    f"dataset {self.name or ''!s}: {len(self.x)} inputs but {len(self.y)} "
+                    "labels; give one label per input"
+                )
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes is not None:
+            return len(self.classes)
+        return int(self.y.max()) + 1 if self.y is not None and len(self.y) else 0
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        x = self.x[index] if isinstance(self.x, np.ndarray) else [self.x[i] for i in index]
+        y = None if self.y is None else self.y[index]
+        return Dataset(x, y, self.classes, self.name, dict(self.meta))
+
+    def split(self, fraction: float, seed: int = 0, stratify: bool = True) -> tuple[Dataset, Dataset]:
+        """Split into (rest, held_out) with ``fraction`` of the examples held out."""
+        return train_val_split(self, fraction, seed=seed, stratify=stratify)
+
+    def few_shot(self, shots: int, seed: int = 0) -> Dataset:
+        """``shots`` examples of every class."""
+        return few_shot(self, shots, seed=seed)
+
+
+def few_shot(data: Dataset, shots: int, seed: int = 0) -> Dataset:
+    """A stratified sample of exactly ``shots`` examples per class.
+
+    Raises :class:`EmptyDataError` naming each class that has fewer examples.
+    """
+    if data.y is None:
+        raise LabelError("few-shot sampling needs labels")
+    if shots < 1:
+        raise EmptyDataError(f"shots must be >= 1, got {shots}")
+    rng = np.random.default_rng(seed)
+    picks, short = [], []
+    for c in range(data.num_classes):
+        idx = np.flatnonzero(data.y == c)
+        if len(idx) < shots:
+            name = data.classes[c] if data.classes else str(c)
+            short.append(f"class {name!r} has {len(idx)}")
+            continue
+        picks.append(rng.choice(idx, size=shots, replace=False))
+    if short:
+        raise EmptyDataError(
+            f"shots={shots} asks for {shots} examples per class, but "
+            + "; ".join(short)
+            + ". Ask for fewer shots or add examples."
+        )
+    index = np.concatenate(picks)
+    return data.subset(np.sort(index))
+
+
+def train_val_split(
+    data: Dataset, fraction: float, seed: int = 0, stratify: bool = True
+) -> tuple[Dataset, Dataset]:
+    """Split into (train, val) with about ``fraction`` of each class in val."""
+    if not 0.0 < fraction < 1.0:
+        raise EmptyDataError(f"split fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    if stratify and data.y is not None and data.y.dtype.kind == "i":
+        held = []
+        for c in np.unique(data.y):
+            idx = rng.permutation(np.flatnonzero(data.y == c))
+            held.append(idx[: int(round(len(idx) * fraction))])
+        val = np.sort(np.concatenate(held))
+    else:
+        val = np.sort(rng.permutation(n)[: int(round(n * fraction))])
+    train = np.setdiff1d(np.arange(n), val)
+    if len(train) == 0 or len(val) == 0:
+        raise EmptyDataError(f"splitting {n} examples at {fraction} leaves one side empty")
+    return data.subset(train), data.subset(val)
+
+
+def from_arrays(x: Any, y: Any = None, classes: Sequence[str] | None = None) -> Dataset:
+    """A :class:`Dataset` from arrays (or a list of strings)."""
+    return Dataset(x, y, list(classes) if classes is not None else None)
+
+
+def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Dataset:
+    """Load ``root/<class>/*.png|jpg`` as RGB float32 images in [0, 1].
+
+    Classes are the sub-directory names in sorted order. Images are resized to
+    ``size`` (H, W) when given, else all must share one size.
+    """
+    from PIL import Image  # pillow comes with matplotlib; imported only here
+
+    from .preprocess import resize
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EmptyDataError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise EmptyDataError(
+            f"image folder {str(root)!r} has no class sub-directories; expected root/<class>/*.png"
+        )
+    xs, ys = [], []
+    for c, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EmptyDataError(f"class folder {str(root / name)!r} holds no images")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            except OSError as e:
+                raise InputDTypeError(f"cannot read image {str(f)!r}: {e}") from None
+            if size is not None:
+                arr = resize(arr[None], size)[0]
+            xs.append(arr)
+            ys.append(c)
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:
+        raise InputShapeError(
+            f"images in {str(root)!r} have different sizes {sorted(shapes)[:3]}...; "
+            "pass size=(H, W) to resize them"
+        )
+    return Dataset(np.stack(xs), np.array(ys, dtype=np.int64), classes, name=root.name)
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Load ``x``, ``y`` (and optional ``classes``) arrays from an ``.npz`` file."""
+    with np.load(path, allow_pickle=False) as f:
+        if "x" not in f:
+            raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
+        classes = [str(c) for c in f["classes"]] if "classes" in f else None
+        return Dataset(f["x"], f["y"] if "y" in f else None, classes, name=Path(path).stem)
+
+
+def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:
+    """Load a data set from an image folder or an ``.npz`` file."""
+    p = Path(path)
+    if p.is_dir():
+        return image_folder(p, size=size)
+    if p.suffix == ".npz" and p.is_file():
+        return load_npz(p)
+    raise EmptyDataError(
+        f"cannot load data from {str(p)!r}: expected an image folder (root/<class>/*.png) "
+        "or an .npz file with arrays x and y"
+    )
+
+
+# --- checks, run before any framework code ------------------------------------------
+
+
+def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: str = "x") -> None:
+    """Raise a transferkit error for inputs a backbone of this kind cannot take."""
+    if input_kind == "text":
+        if isinstance(x, str) or not isinstance(x, (list, tuple, np.ndarray)):
+            raise InputDTypeError(f"{what} must be a list of strings, got {type(x).__name__}")
+        if len(x) == 0:
+            raise EmptyDataError(f"{what} is empty")
+        return
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise InputDTypeError(f"{what} must be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind not in "fiub":
+        raise InputDTypeError(
+            f"{what} has dtype {x.dtype}; expected numbers (float32 images in [0, 1])"
+        )
+    if len(x) == 0:
+        raise EmptyDataError(f"{what} is empty (0 examples)")
+    if input_kind == "image":
+        channels = input_shape[-1]
+        if x.ndim == 3:  # (N, H, W) grey
+            pass
+        elif x.ndim != 4 or x.shape[-1] not in {1, 3, channels}:
+            raise InputShapeError(
+                f"{what} has shape {x.shape}; this backbone takes images (N, H, W, C) with "
+                f"C in (1, 3), channels last, e.g. (N, {', '.join(map(str, input_shape))})"
+            )
+        if min(x.shape[1:3]) < 1:
+            raise InputShapeError(f"{what} has empty images: shape {x.shape}")
+    elif input_kind == "vector":
+        if x.ndim != 2 or x.shape[1] != input_shape[0]:
+            raise InputShapeError(
+                f"{what} has shape {x.shape}; this backbone takes vectors (N, {input_shape[0]})"
+            )
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+        raise NonFiniteInputError(
+            f"{what} contains NaN or infinite values in {bad} example(s); clean or drop them"
+        )
+
+
+def check_labels(y: Any, n: int, task: str, outputs: int, what: str = "y") -> np.ndarray:
+    """Validate labels (classification) or targets (regression); returns them converted."""
+    if y is None:
+        raise LabelError(f"{what} is missing: training and evaluation need labels")
+    y = np.asarray(y)
+    if len(y) != n:
+        raise LabelError(f"{what} has {len(y)} entries for {n} inputs")
+    if task == "classification":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise LabelError(
+                f"{what} must be integer class indices of shape (N,), got dtype {y.dtype} "
+                f"shape {y.shape}"
+            )
+        bad = (y < 0) | (y >= outputs)
+        if bad.any():
+            raise LabelError(
+                f"{what} holds labels outside [0, {outputs}) (e.g. {sorted(set(y[bad].tolist()))[:5]})"
+                f": the head has {outputs} classes; build it with Classifier(num_classes=...) "
+                "matching your labels"
+            )
+        return y.astype(np.int64)
+    y = y.astype(np.float32)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[1] != outputs:
+        raise LabelError(f"{what} has shape {y.shape}; the regressor has {outputs} outputs")
+    if not np.isfinite(y).all():
+        raise NonFiniteInputError(f"{what} contains NaN or infinite targets")
+    return y

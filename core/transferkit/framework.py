@@ -1,0 +1,163 @@
+"""The seam between core and a framework adapter.
+
+Core owns everything that is the same in every framework: the epoch loop,
+schedules, metrics, data handling, weights files, checkpoints. An adapter
+supplies a :class:`Framework` (registered through the
+``transferkit_register_frameworks`` hook) that builds an :class:`Engine`: one
+backbone+head realised natively, with its compiled per-batch steps.
+
+Every array that crosses this seam is numpy. Images arrive already resized and
+normalised, channels-last float32. Parameter names are canonical:
+``backbone.<name>`` and ``head.<layer>.weight|bias`` (see ``heads.py``), with
+weights in PyTorch's layout (dense ``(out, in)``, convolution ``(O, I, H, W)``);
+an adapter converts to its own layout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .catalog import BackboneSpec
+from .errors import ConfigError, FrameworkNotInstalledError
+from .heads import Head
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Optimizer options every adapter implements with the same semantics.
+
+    ``adam`` applies ``weight_decay`` as an L2 term added to the gradient (PyTorch's
+    Adam), ``adamw`` decoupled (AdamW), ``sgd`` is SGD with heavy-ball momentum.
+    """
+
+    name: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer {self.name!r} is not one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+class Engine(ABC):
+    """One model (backbone + head) realised in one framework.
+
+    ``multiples`` map layer-group names to learning-rate multiples; 0 means frozen:
+    no gradient, no update, no optimizer state, BatchNorm in inference mode.
+    """
+
+    #: the native backbone object (``nn.Module``, ``keras.Model``, ...)
+    backbone: Any
+    #: the native backbone+head object
+    native: Any
+
+    # --- weights -----------------------------------------------------------------
+    @abstractmethod
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical name -> shape of every weight (BatchNorm statistics included)."""
+
+    @abstractmethod
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Canonical name -> float32 array, in canonical (PyTorch) layout."""
+
+    @abstractmethod
+    def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Load arrays that core has already checked against ``param_shapes``."""
+
+    # --- inference (one batch each) ----------------------------------------------
+    @abstractmethod
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Backbone features ``(N, feature_size)`` in inference mode."""
+
+    @abstractmethod
+    def head_predict(self, f: np.ndarray) -> np.ndarray:
+        """Head outputs for features, inference mode."""
+
+    @abstractmethod
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Head outputs (logits or values) for inputs, inference mode."""
+
+    # --- training ----------------------------------------------------------------
+    @abstractmethod
+    def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
+        """Create the optimizer and seed the framework's random state."""
+
+    @abstractmethod
+    def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
+        """Apply a freeze plan. ``head_only``: train_step receives features, not inputs.
+
+        Called at the start and whenever the plan changes, never otherwise, so an
+        adapter may rebuild compiled steps here.
+        """
+
+    @abstractmethod
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
+        """One optimisation step at base learning rate ``lr``; returns the batch loss
+        as anything ``float()`` accepts (it may stay lazy until then)."""
+
+    @abstractmethod
+    def end_training(self) -> None:
+        """Leave training mode."""
+
+    @abstractmethod
+    def training_state(self) -> dict[str, np.ndarray]:
+        """Optimizer and random state as arrays, for an exact resume."""
+
+    @abstractmethod
+    def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what ``training_state`` returned (after ``start_training``)."""
+
+
+class Framework(ABC):
+    """A framework adapter. Instantiating one must not import the framework."""
+
+    #: short name used in backbone names (``"torch"``)
+    name: str = ""
+    #: the pip extra that installs it (``pip install 'transferkit[torch]'``)
+    extra: str = ""
+    #: import names that must be importable
+    requires: tuple[str, ...] = ()
+    description: str = ""
+
+    def missing(self) -> list[str]:
+        """Required modules that are not installed (checked without importing them)."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def ensure_installed(self) -> None:
+        missing = self.missing()
+        if missing:
+            raise FrameworkNotInstalledError(
+                f"framework {self.name!r} needs {', '.join(missing)}, which is not installed. "
+                f"Install it with: pip install 'transferkit[{self.extra}]'"
+            )
+
+    def version(self) -> str | None:
+        """Installed version of the framework's main package, without importing it."""
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as _v
+
+        try:
+            return _v(self.requires[0]) if self.requires else None
+        except PackageNotFoundError:
+            return None
+
+    @abstractmethod
+    def build(self, spec: BackboneSpec, head: Head, input_shape: tuple[int, ...],
+              seed: int = 0) -> Engine:
+        """Build backbone (via ``spec.create``) and head natively, randomly initialised
+        from ``seed``. Import the framework here, not at module level."""

@@ -1,0 +1,157 @@
+"""Freeze policies: which layer groups train, when, and at what learning rate.
+
+Pure Python. A policy sees the backbone's ordered layer groups (input to output)
+and the epoch, and returns a plan: group name -> learning-rate multiple, where 0
+means frozen (no gradient, no update, no optimizer state, BatchNorm in inference
+mode). The head always trains at multiple 1. Adapters only apply plans.
+
+Every policy takes ``lr_decay`` (layer-wise learning-rate decay, fastai's
+discriminative learning rates): the topmost trainable group trains at
+``lr * lr_decay``, the next one down at ``lr * lr_decay**2``, and so on.
+
+Example::
+
+    tk.fit(model, train, freeze=tk.freeze.GradualUnfreeze(every=2, lr_decay=0.7))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = [
+    "FreezePolicy",
+    "FeatureExtraction",
+    "FullFineTune",
+    "TrainLast",
+    "UnfreezeAt",
+    "GradualUnfreeze",
+    "from_name",
+]
+
+
+@dataclass(frozen=True)
+class FreezePolicy:
+    """Base class: subclasses say how many groups, counted from the output end,
+    train in a given (0-based) epoch."""
+
+    lr_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        raise NotImplementedError
+
+    def plan(self, groups: Sequence[str], epoch: int) -> dict[str, float]:
+        """Learning-rate multiple per group for ``epoch`` (0 = frozen)."""
+        n = len(groups)
+        k = max(0, min(n, self.trainable(n, epoch)))
+        plan = {}
+        for i, g in enumerate(groups):
+            depth = n - i  # 1 for the topmost group
+            plan[g] = self.lr_decay**depth if depth <= k else 0.0
+        return plan
+
+    def frozen_throughout(self, groups: Sequence[str], epochs: int) -> bool:
+        """True when no backbone group trains in any epoch: features can be cached."""
+        return all(
+            not any(self.plan(groups, e).values()) for e in range(max(1, epochs))
+        )
+
+    def describe(self) -> str:
+        return repr(self)
+
+
+@dataclass(frozen=True)
+class FeatureExtraction(FreezePolicy):
+    """The backbone stays frozen; only the head trains (a linear probe with a linear head)."""
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class FullFineTune(FreezePolicy):
+    """Everything trains from the first epoch."""
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        return num_groups
+
+
+@dataclass(frozen=True)
+class TrainLast(FreezePolicy):
+    """The last ``n`` layer groups (and the head) train; the first ones stay frozen."""
+
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n < 0:
+            raise ConfigError(f"TrainLast(n) needs n >= 0, got {self.n}")
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        return self.n
+
+
+@dataclass(frozen=True)
+class UnfreezeAt(FreezePolicy):
+    """Head only until ``epoch``, then the last ``n`` groups (all when ``n`` is None)
+    train too: Lightning Flash's ``freeze_unfreeze`` / ``unfreeze_milestones``."""
+
+    epoch: int = 1
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epoch < 0 or (self.n is not None and self.n < 0):
+            raise ConfigError(f"UnfreezeAt needs epoch >= 0 and n >= 0, got {self}")
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        if epoch < self.epoch:
+            return 0
+        return num_groups if self.n is None else self.n
+
+
+@dataclass(frozen=True)
+class GradualUnfreeze(FreezePolicy):
+    """ULMFiT's gradual unfreezing: the head alone first, then one more group from the
+    top every ``every`` epochs, until all train."""
+
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.every < 1:
+            raise ConfigError(f"GradualUnfreeze(every) needs every >= 1, got {self.every}")
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        return epoch // self.every
+
+
+_NAMES = {
+    "feature_extraction": FeatureExtraction,
+    "features": FeatureExtraction,
+    "full": FullFineTune,
+    "full_fine_tune": FullFineTune,
+    "train_last": TrainLast,
+    "unfreeze_at": UnfreezeAt,
+    "gradual": GradualUnfreeze,
+    "gradual_unfreeze": GradualUnfreeze,
+}
+
+
+def from_name(name: str, **options: float) -> FreezePolicy:
+    """A policy from its CLI/TOML name (``"gradual"``, ``"train_last"``, ...)."""
+    key = name.lower().replace("-", "_")
+    if key not in _NAMES:
+        raise ConfigError(
+            f"unknown freeze policy {name!r}; choose one of {', '.join(sorted(_NAMES))}"
+        )
+    try:
+        return _NAMES[key](**options)
+    except TypeError as e:
+        raise ConfigError(f"freeze policy {name!r}: {e}") from None

@@ -1,0 +1,118 @@
+"""Task heads: framework-neutral descriptions that every adapter realises natively.
+
+A head is a stack of dense layers on the backbone's feature vector. Its
+canonical parameter names are ``head.hidden.<i>.weight|bias`` and
+``head.out.weight|bias``, weights stored ``(out_features, in_features)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One dense layer of a head: ``name`` is its canonical prefix under ``head.``."""
+
+    name: str
+    in_features: int
+    out_features: int
+    activation: str | None  # "relu" or None
+    dropout: float  # applied to this layer's input while training
+
+
+@dataclass(frozen=True)
+class Head:
+    """Base class of heads; subclasses are frozen dataclasses with ``hidden`` and
+    ``dropout`` fields and an ``outputs`` size."""
+
+    kind: ClassVar[str] = ""
+    task: ClassVar[str] = ""
+    loss: ClassVar[str] = ""
+
+    # Subclasses define: hidden: tuple[int, ...], dropout: float, and outputs.
+
+    def _check(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden sizes must be positive, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.outputs < 1:
+            raise ConfigError(f"{type(self).__name__} needs at least one output")
+
+    def dense_layers(self, feature_size: int) -> list[DenseLayer]:
+        """The layers an adapter builds, input to output."""
+        layers, width = [], feature_size
+        for i, h in enumerate(self.hidden):
+            layers.append(DenseLayer(f"hidden.{i}", width, h, "relu", self.dropout))
+            width = h
+        layers.append(DenseLayer("out", width, self.outputs, None, self.dropout))
+        return layers
+
+    def to_config(self) -> dict[str, Any]:
+        cfg = asdict(self)
+        cfg["hidden"] = list(self.hidden)
+        return {"kind": self.kind, **cfg}
+
+    @staticmethod
+    def from_config(cfg: dict[str, Any]) -> Head:
+        cfg = dict(cfg)
+        kind = cfg.pop("kind", None)
+        for cls in (Classifier, Regressor):
+            if cls.kind == kind:
+                try:
+                    return cls(**cfg)
+                except TypeError as e:
+                    raise ConfigError(f"bad {kind} head configuration {cfg}: {e}") from None
+        raise ConfigError(f"unknown head kind {kind!r}; expected 'classifier' or 'regressor'")
+
+
+@dataclass(frozen=True)
+class Classifier(Head):
+    """Classification head: ``hidden`` dense ReLU layers, then ``num_classes`` logits,
+    trained on cross-entropy. ``dropout`` applies to each dense layer's input.
+
+    Example::
+
+        tk.Classifier(5)                                # linear probe
+        tk.Classifier(10, hidden=(1024,), dropout=0.5)  # Dense(1024, relu) -> Dense(10)
+    """
+
+    kind: ClassVar[str] = "classifier"
+    task: ClassVar[str] = "classification"
+    loss: ClassVar[str] = "cross_entropy"
+
+    num_classes: int
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if int(self.num_classes) < 2:
+            raise ConfigError(f"Classifier needs num_classes >= 2, got {self.num_classes}")
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+        self._check()
+
+    @property
+    def outputs(self) -> int:  # type: ignore[override]
+        return self.num_classes
+
+
+@dataclass(frozen=True)
+class Regressor(Head):
+    """Regression head with ``outputs`` real-valued targets, trained on mean squared error."""
+
+    kind: ClassVar[str] = "regressor"
+    task: ClassVar[str] = "regression"
+    loss: ClassVar[str] = "mse"
+
+    outputs: int = 1  # type: ignore[misc]
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", int(self.outputs))
+        self._check()

@@ -1,0 +1,330 @@
+"""Models: ``build`` a backbone with a new head, use it, ``save`` and ``load`` it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from . import weights as wio
+from .catalog import BackboneSpec, LayerGroup
+from .data import Dataset, check_inputs, check_labels
+from .errors import ConfigError, InputShapeError, ModelDirError, TransferkitError, WeightsError
+from .framework import Engine, Framework
+from .heads import Classifier, Head
+from .plugins import registry
+from .preprocess import prepare_images
+
+FORMAT = "transferkit-model"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PRETRAINED = "pretrained"
+
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A built backbone: its metadata, the native object and its layer groups."""
+
+    spec: BackboneSpec
+    native: Any
+    input_shape: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def framework(self) -> str:
+        return self.spec.framework
+
+    @property
+    def feature_size(self) -> int:
+        return self.spec.feature_size
+
+    @property
+    def groups(self) -> tuple[LayerGroup, ...]:
+        return self.spec.groups
+
+
+class Model:
+    """A backbone with a head, realised in one framework. Made by :func:`build` or
+    :func:`load`; trained by :func:`transferkit.fit`."""
+
+    def __init__(self, spec: BackboneSpec, head: Head, framework: Framework, engine: Engine,
+                 input_shape: tuple[int, ...], classes: list[str] | None = None,
+                 weights_origin: str | None = None):
+        self.spec = spec
+        self.head = head
+        self.framework = framework
+        self.engine = engine
+        self.input_shape = tuple(input_shape)
+        self.classes = classes
+        self.weights_origin = weights_origin
+        self.history: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return (f"Model({self.spec.name!r}, head={self.head!r}, input_shape={self.input_shape}, "
+                f"weights={self.weights_origin!r})")
+
+    @property
+    def backbone(self) -> Backbone:
+        return Backbone(self.spec, self.engine.backbone, self.input_shape)
+
+    @property
+    def native(self) -> Any:
+        """The framework's own object (backbone + head)."""
+        return self.engine.native
+
+    @property
+    def task(self) -> str:
+        return self.head.task
+
+    # --- inputs ----------------------------------------------------------------------
+    def check(self, x: Any, what: str = "x") -> None:
+        check_inputs(x, self.spec.input_kind, self.input_shape, what)
+
+    def prepare(self, x: Any) -> Any:
+        """User inputs -> what the engine takes (normalised, resized, channels-last)."""
+        if self.spec.input_kind == "image":
+            return prepare_images(x, self.input_shape, self.spec.mean, self.spec.std)
+        if self.spec.input_kind == "vector":
+            return np.asarray(x, dtype=np.float32)
+        return list(x)
+
+    def prepared_batches(self, x: Any, batch_size: int) -> Iterator[Any]:
+        for i in range(0, len(x), batch_size):
+            yield self.prepare(x[i: i + batch_size])
+
+    def _run(self, fn, x: Any, batch_size: int) -> np.ndarray:
+        self.check(x)
+        outs = [np.asarray(fn(b)) for b in self.prepared_batches(x, batch_size)]
+        return np.concatenate(outs)
+
+    # --- inference ---------------------------------------------------------------------
+    def features(self, x: Any, batch_size: int = 128) -> np.ndarray:
+        """The backbone's feature vectors ``(N, feature_size)``."""
+        return self._run(self.engine.features, x, batch_size)
+
+    def logits(self, x: Any, batch_size: int = 128) -> np.ndarray:
+        """Raw head outputs: logits for a classifier, values for a regressor."""
+        return self._run(self.engine.predict, x, batch_size)
+
+    def predict(self, x: Any, batch_size: int = 128) -> np.ndarray:
+        """Class probabilities ``(N, num_classes)`` for a classifier (take ``.argmax(1)``
+        for labels), predicted values ``(N, outputs)`` for a regressor."""
+        out = self.logits(x, batch_size)
+        if isinstance(self.head, Classifier):
+            return np.exp(metrics.log_softmax(out.astype(np.float64))).astype(np.float32)
+        return out
+
+    def evaluate(self, data: Dataset, batch_size: int = 128) -> dict[str, float]:
+        """Loss and metrics on labelled data: accuracy, loss, macro_f1 (classification) or
+        loss, mse, mae (regression)."""
+        self.check(data.x)
+        y = check_labels(data.y, len(data), self.head.task, self.head.outputs)
+        return metrics.compute(self.head.task, self.logits(data.x, batch_size), y)
+
+    # --- persistence -------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": 1,
+            "backbone": self.spec.name,
+            "arch": self.spec.arch,
+            "framework": self.spec.framework,
+            "input_kind": self.spec.input_kind,
+            "input_shape": list(self.input_shape),
+            "feature_size": self.spec.feature_size,
+            "head": self.head.to_config(),
+            "classes": self.classes,
+            "weights_origin": self.weights_origin,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Save backbone + head + config as a directory (safetensors + JSON).
+
+        The directory is written beside the target and swapped in at the end, so an
+        error part-way never leaves a half-written or corrupted model behind.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            wio.save(self.engine.get_weights(), tmp / WEIGHTS_FILE, {"format": FORMAT})
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+            if self.history:
+                (tmp / "history.json").write_text(json.dumps(self.history, indent=2))
+            _swap_in(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    if target.exists() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
+        raise ModelDirError(
+            f"{str(target)!r} exists and is not a transferkit model directory; "
+            "refusing to overwrite it"
+        )
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resolve_weights(spec: BackboneSpec, weights: Any) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    if weights is None or weights is False:
+        return None, None
+    if weights is True or weights == PRETRAINED:
+        if spec.weights is None:
+            raise WeightsError(
+                f"backbone {spec.name!r} has no pretrained weights; pass weights=None to "
+                "train from scratch or weights='path/to/file.safetensors'"
+            )
+        path = spec.weights.path()
+        return wio.read(path), spec.weights.description
+    if isinstance(weights, (str, Path)):
+        return wio.read(weights), str(weights)
+    raise ConfigError(
+        f"weights={weights!r}: expected 'pretrained', None, or the path of a safetensors file"
+    )
+
+
+def build(
+    name: str,
+    head: Head | None = None,
+    weights: Any = PRETRAINED,
+    input_shape: tuple[int, ...] | None = None,
+    classes: list[str] | None = None,
+    seed: int = 0,
+) -> Model:
+    """Build a registered backbone with a new head.
+
+    Args:
+        name: ``"framework:name"``; see :func:`list_backbones`.
+        head: the new task head, e.g. ``tk.Classifier(num_classes=5)``.
+        weights: ``"pretrained"`` (default), None (random initialisation, i.e. from
+            scratch) or the path of a safetensors file with canonical names.
+        input_shape: feed images of another size to a fully convolutional backbone,
+            e.g. ``(64, 64, 3)``.
+        seed: seed of the random initialisation of the head (and of the backbone when
+            ``weights=None``).
+
+    Example::
+
+        model = tk.build("torch:cnn", head=tk.Classifier(num_classes=5))
+    """
+    spec = registry().catalog.get(name)
+    if not isinstance(head, Head):
+        raise ConfigError(
+            f"build({name!r}) needs head=, e.g. tk.Classifier(num_classes=5) or tk.Regressor(1); "
+            f"got {head!r}"
+        )
+    shape = _input_shape(spec, input_shape)
+    framework = registry().framework(spec.framework)
+    framework.ensure_installed()
+    arrays, origin = _resolve_weights(spec, weights)  # read before any framework import
+    engine = framework.build(spec, head, shape, seed)
+    model = Model(spec, head, framework, engine, shape, classes, origin)
+    if arrays is not None:
+        if any(k.startswith("backbone.") for k in arrays):
+            arrays = {k[9:]: v for k, v in arrays.items() if k.startswith("backbone.")}
+        expected = {k[9:]: s for k, s in engine.param_shapes().items() if k.startswith("backbone.")}
+        checked = wio.match(arrays, expected, f"backbone {spec.name!r}", spec.ignore_keys)
+        engine.set_weights({f"backbone.{k}": v for k, v in checked.items()})
+    return model
+
+
+def _input_shape(spec: BackboneSpec, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    if input_shape is None:
+        return spec.input_shape
+    shape = tuple(int(s) for s in input_shape)
+    if spec.input_kind != "image" or len(shape) != 3:
+        if shape != spec.input_shape:
+            raise InputShapeError(
+                f"backbone {spec.name!r} takes input_shape {spec.input_shape}, got {shape}"
+            )
+        return shape
+    if shape[-1] != spec.input_shape[-1]:
+        raise InputShapeError(
+            f"backbone {spec.name!r} takes {spec.input_shape[-1]} channels, got input_shape "
+            f"{shape}; the pipeline converts grey/RGB images for you, keep C = "
+            f"{spec.input_shape[-1]}"
+        )
+    if shape != spec.input_shape and not spec.resizable:
+        raise InputShapeError(
+            f"backbone {spec.name!r} only takes input_shape {spec.input_shape} (not {shape})"
+        )
+    return shape
+
+
+def load(path: str | Path, framework: str | None = None) -> Model:
+    """Load a saved model directory, in its own framework or in ``framework``.
+
+    ``framework="flax"`` (say) rebuilds a model saved from PyTorch in Flax through the
+    shared reference architecture and canonical weight names.
+    """
+    path = Path(path)
+    cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {str(path)!r} does not exist")
+    for f in (cfg_file, w_file):
+        if not f.is_file():
+            raise ModelDirError(f"{str(path)!r} is not a complete transferkit model: {f.name} "
+                                "is missing")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.get("format") != FORMAT:
+            raise ValueError(f"format is {cfg.get('format')!r}, not {FORMAT!r}")
+        head = Head.from_config(cfg["head"])
+        name = cfg["backbone"]
+        shape = tuple(cfg["input_shape"])
+    except (ValueError, KeyError, TypeError, TransferkitError) as e:
+        raise ModelDirError(f"{str(cfg_file)!r} is corrupt: {e}") from None
+    if framework is not None and framework != cfg.get("framework"):
+        name = _realisation(cfg, framework)
+    try:
+        arrays = wio.read(w_file)
+    except WeightsError as e:
+        raise ModelDirError(str(e)) from None
+    model = build(name, head=head, weights=None, input_shape=shape, classes=cfg.get("classes"))
+    checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
+    model.engine.set_weights(checked)
+    model.weights_origin = str(path)
+    history = path / "history.json"
+    if history.is_file():
+        model.history = json.loads(history.read_text())
+    return model
+
+
+def _realisation(cfg: dict[str, Any], framework: str) -> str:
+    arch = cfg.get("arch")
+    reg = registry()
+    reg.framework(framework)
+    for spec in reg.catalog.filter(framework=framework):
+        if arch and spec.arch == arch:
+            return spec.name
+    raise ConfigError(
+        f"the saved backbone {cfg['backbone']!r} (architecture {arch!r}) has no realisation in "
+        f"framework {framework!r}; realisations of {arch!r}: "
+        f"{', '.join(s.name for s in reg.catalog.filter() if s.arch == arch) or 'none'}"
+    )
+
+
+def list_backbones(pattern: str | None = None, framework: str | None = None,
+                   tags: tuple[str, ...] = ()) -> list[BackboneSpec]:
+    """Registered backbones from every installed plugin, filtered by a glob ``pattern``
+    (on ``framework:name`` or the bare name), framework and tags. Imports no framework."""
+    return registry().catalog.filter(pattern, framework, tags)

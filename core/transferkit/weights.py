@@ -1,0 +1,82 @@
+"""Weights files: safetensors with canonical names. Pickle is never used."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsError
+
+
+def save(arrays: Mapping[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None
+         ) -> None:
+    """Write arrays to a safetensors file atomically (a crash never leaves half a file)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a safetensors file; a missing or corrupt file is a :class:`WeightsError`."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    if path.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}:
+        raise WeightsError(
+            f"{str(path)!r} looks like a pickle checkpoint; transferkit loads only safetensors. "
+            "Convert it with safetensors.torch.save_file(torch.load(p, weights_only=True), out)"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"weights file {str(path)!r} is corrupt or not safetensors: {e}") from None
+
+
+def match(
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    what: str,
+    ignore: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Check names and shapes against an architecture; returns float32 arrays.
+
+    Raises :class:`WeightsError` listing missing names, unexpected names and shape
+    mismatches (a few of each), so the user sees exactly what does not fit.
+    """
+    ignored = lambda k: any(k == p or k.startswith(p + ".") for p in ignore)
+    given = {k: v for k, v in arrays.items() if not ignored(k)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(
+        f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k])}"
+        for k in set(given) & set(expected)
+        if tuple(given[k].shape) != tuple(expected[k])
+    )
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected),
+                             ("shape mismatch", wrong)):
+            if items:
+                more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+                parts.append(f"{label} ({len(items)}): {', '.join(items[:4])}{more}")
+        raise WeightsError(f"weights do not match {what}: " + "; ".join(parts))
+    return {k: np.asarray(v, dtype=np.float32) for k, v in given.items()}

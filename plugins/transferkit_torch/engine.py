@@ -1,0 +1,194 @@
+"""PyTorch realisation of a backbone + head, and its eager training steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
+from transferkit.heads import DenseLayer
+
+_NOT_WEIGHTS = ("num_batches_tracked",)
+
+
+class TorchHead(nn.Module):
+    """Dense head with canonical names ``hidden.<i>`` and ``out``."""
+
+    def __init__(self, layers: list[DenseLayer]) -> None:
+        super().__init__()
+        self.spec = layers
+        self.hidden = nn.ModuleList(nn.Linear(d.in_features, d.out_features) for d in layers[:-1])
+        self.out = nn.Linear(layers[-1].in_features, layers[-1].out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for d, layer in zip(self.spec[:-1], self.hidden, strict=True):
+            x = F.relu(layer(F.dropout(x, d.dropout, self.training)))
+        return self.out(F.dropout(x, self.spec[-1].dropout, self.training))
+
+
+class TorchModel(nn.Module):
+    def __init__(self, backbone: nn.Module, head: TorchHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t
+
+
+class TorchEngine(Engine):
+    def __init__(self, spec: BackboneSpec, backbone: nn.Module, head: Head) -> None:
+        self.spec = spec
+        self.backbone = backbone
+        self.native = TorchModel(backbone, TorchHead(head.dense_layers(spec.feature_size)))
+        self.loss = head.loss
+        self.native.eval()
+        self._training = False
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._named = dict(self.native.named_parameters())
+        self._group_of = {
+            name: ("head" if name.startswith("head.") else spec.group_of(name[9:]))
+            for name in self._named
+        }
+        # BatchNorm layers by layer group, to hold the frozen ones in inference mode.
+        self._norms = [
+            (m, spec.group_of(f"{n}.weight")) for n, m in backbone.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
+        self.head_only = False
+
+    # --- weights -------------------------------------------------------------------
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.native.state_dict().items()
+                if not k.endswith(_NOT_WEIGHTS)}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self._state().items()}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self._state().items()}
+
+    def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        # A subset is allowed (a pretrained backbone without a head); core has checked
+        # names and shapes already.
+        _, unexpected = self.native.load_state_dict(tensors, strict=False)
+        if unexpected:
+            raise RuntimeError(f"set_weights: unexpected names {unexpected}")
+
+    # --- inference -----------------------------------------------------------------
+    def _eval(self) -> None:
+        if self._training:
+            self.native.eval()
+            self._training = False
+
+    @torch.inference_mode()
+    def features(self, x: np.ndarray) -> np.ndarray:
+        self._eval()
+        return self.backbone(_nchw(x)).numpy()
+
+    @torch.inference_mode()
+    def head_predict(self, f: np.ndarray) -> np.ndarray:
+        self._eval()
+        return self.native.head(torch.from_numpy(np.asarray(f, np.float32))).numpy()
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self._eval()
+        return self.native(_nchw(x)).numpy()
+
+    # --- training ------------------------------------------------------------------
+    def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
+        torch.manual_seed(seed)
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, p in self._named.items():
+            groups.setdefault(self._group_of[name], []).append(p)
+        param_groups = [{"params": ps, "group": g, "mult": 1.0} for g, ps in groups.items()]
+        o = optimizer
+        if o.name == "adam":
+            self.optimizer = torch.optim.Adam(param_groups, betas=(o.beta1, o.beta2), eps=o.eps,
+                                              weight_decay=o.weight_decay)
+        elif o.name == "adamw":
+            self.optimizer = torch.optim.AdamW(param_groups, betas=(o.beta1, o.beta2), eps=o.eps,
+                                               weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(param_groups, momentum=o.momentum,
+                                             weight_decay=o.weight_decay)
+        self._param_name = {id(p): n for n, p in self._named.items()}
+
+    def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
+        self.multiples = {**dict(multiples), "head": 1.0}
+        self.head_only = head_only
+        for name, p in self._named.items():
+            train = self.multiples[self._group_of[name]] > 0 and not (
+                head_only and not name.startswith("head."))
+            if not train and self.optimizer is not None:
+                self.optimizer.state.pop(p, None)  # frozen parameters hold no state
+                p.grad = None
+            p.requires_grad_(train)
+        for pg in self.optimizer.param_groups:
+            pg["mult"] = self.multiples[pg["group"]]
+        self._train_mode()
+
+    def _train_mode(self) -> None:
+        self.native.train()
+        for m, group in self._norms:
+            if self.head_only or self.multiples[group] == 0:
+                m.eval()  # frozen BatchNorm: running statistics, no updates
+        self._training = True
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
+        if not self._training:
+            self._train_mode()
+        for pg in self.optimizer.param_groups:
+            pg["lr"] = lr * pg["mult"]
+        inputs = torch.from_numpy(np.asarray(x, np.float32)) if self.head_only else _nchw(x)
+        out = self.native.head(inputs) if self.head_only else self.native(inputs)
+        target = torch.from_numpy(y)
+        loss = F.cross_entropy(out, target) if self.loss == "cross_entropy" else F.mse_loss(
+            out, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def end_training(self) -> None:
+        self._eval()
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        state = {"rng.torch": torch.get_rng_state().numpy().copy()}
+        for p, s in self.optimizer.state.items():
+            name = self._param_name[id(p)]
+            for key, value in s.items():
+                state[f"opt.{name}.{key}"] = torch.as_tensor(value).detach().numpy().copy()
+        return state
+
+    def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if "rng.torch" in state:
+            torch.set_rng_state(torch.from_numpy(np.asarray(state["rng.torch"], np.uint8)))
+        self.optimizer.state.clear()
+        for key, value in state.items():
+            if not key.startswith("opt."):
+                continue
+            name, _, slot = key[4:].rpartition(".")
+            self.optimizer.state[self._named[name]][slot] = torch.from_numpy(np.array(value))
+
+
+def build_engine(spec: BackboneSpec, head: Head, input_shape: tuple[int, ...],
+                 seed: int) -> TorchEngine:
+    torch.manual_seed(seed)
+    backbone = spec.create(input_shape=input_shape)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"factory of {spec.name!r} returned {type(backbone).__name__}, "
+                        "not a torch.nn.Module")
+    return TorchEngine(spec, backbone, head)

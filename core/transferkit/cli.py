@@ -1,0 +1,245 @@
+"""The ``transferkit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, TransferkitError
+
+
+def _backbones(args: argparse.Namespace) -> int:
+    from .model import list_backbones
+    from .plugins import registry
+
+    specs = list_backbones(args.pattern, args.framework, tuple(args.tag or ()))
+    if args.json:
+        print(json.dumps([{
+            "name": s.name, "arch": s.arch, "input_kind": s.input_kind,
+            "input_shape": list(s.input_shape), "feature_size": s.feature_size,
+            "groups": list(s.group_names), "tags": list(s.tags),
+            "weights": s.weights.description if s.weights else None,
+        } for s in specs], indent=2))
+        return 0
+    reg = registry()
+    print(f"{'name':<32} {'input':<14} {'features':>8} {'groups':>6}  {'pretrained weights':<44} "
+          "installed")
+    for s in specs:
+        fw = reg.frameworks.get(s.framework)
+        ok = "yes" if fw and not fw.missing() else f"no: pip install 'transferkit[{fw.extra}]'" \
+            if fw else "no framework"
+        shape = "x".join(map(str, s.input_shape))
+        weights = s.weights.description if s.weights else "-"
+        print(f"{s.name:<32} {s.input_kind + ' ' + shape:<14} {s.feature_size:>8} "
+              f"{len(s.groups):>6}  {weights[:44]:<44} {ok}")
+    if not specs:
+        print("no backbone matches", file=sys.stderr)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from .plugins import list_plugins
+
+    infos = list_plugins()
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=2))
+        return 0
+    for i in infos:
+        print(f"{i.name:<16} {i.status:<9} {i.version or '-':<8} {i.source}")
+        if i.status == "loaded":
+            print(f"    hooks: {', '.join(i.hooks)}")
+            if i.frameworks:
+                print(f"    frameworks: {', '.join(i.frameworks)}")
+            print(f"    backbones: {', '.join(i.backbones) or '-'}")
+        else:
+            print(f"    reason: {i.error}")
+    return 0 if all(i.status != "failed" for i in infos) else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    frameworks = args.frameworks.split(",") if args.frameworks else None
+    if not (frameworks or demo.installed_frameworks()):
+        raise ConfigError("no framework is installed; pip install 'transferkit[torch]'")
+    demo.run(quick=args.quick, frameworks=frameworks, seeds=args.seeds, out=args.out)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import RECIPES, pretrain
+
+    archs = list(RECIPES) if args.arch == "all" else [args.arch]
+    for arch in archs:
+        out = args.out if args.out and len(archs) == 1 else None
+        path, scores = pretrain(arch, args.framework, out, args.seed)
+        print(f"{arch}: held-out accuracy on digits 0-4 {scores['accuracy']:.4f} -> {path}")
+    return 0
+
+
+FIT_DEFAULTS: dict[str, Any] = {
+    "head": "classifier", "hidden": [], "dropout": 0.0, "freeze": "full", "epochs": 10,
+    "lr": 1e-3, "batch_size": 32, "optimizer": "adam", "weight_decay": 0.0,
+    "schedule": "cosine", "seed": 0, "weights": "pretrained", "val_split": 0.0,
+    "out": "runs/model", "freeze_options": {},
+}
+
+
+def _load_data(spec: str, shots: int | None, seed: int):
+    from . import data, datasets
+
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        loaders = {"digits": datasets.digits_transfer, "faces": datasets.faces}
+        if name not in loaders:
+            raise ConfigError(f"unknown built-in data {spec!r}; use builtin:digits or "
+                              "builtin:faces")
+        return loaders[name](shots=shots, seed=seed)
+    train = data.load(spec)
+    return (train.few_shot(shots, seed) if shots else train), None
+
+
+def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run ``transferkit fit`` from a dict of options (flags or TOML)."""
+    from . import freeze as freeze_mod
+    from .data import load as load_data
+    from .heads import Classifier, Regressor
+    from .model import build
+    from .training import fit
+
+    unknown = set(cfg) - set(FIT_DEFAULTS) - {"backbone", "data", "val", "shots", "input_shape"}
+    if unknown:
+        raise ConfigError(f"unknown option(s) in the run description: {', '.join(sorted(unknown))}")
+    cfg = {**FIT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    for key in ("backbone", "data"):
+        if not cfg.get(key):
+            raise ConfigError(f"`transferkit fit` needs {key} (--{key} or `{key} = ...` in TOML)")
+    train, val = _load_data(cfg["data"], cfg.get("shots"), cfg["seed"])
+    if cfg.get("val"):
+        val = load_data(cfg["val"])
+    elif cfg["val_split"]:
+        train, val = train.split(cfg["val_split"], seed=cfg["seed"])
+    if cfg["head"] == "classifier":
+        head = Classifier(train.num_classes, tuple(cfg["hidden"]), cfg["dropout"])
+    elif cfg["head"] == "regressor":
+        head = Regressor(1, tuple(cfg["hidden"]), cfg["dropout"])
+    else:
+        raise ConfigError(f"head must be 'classifier' or 'regressor', got {cfg['head']!r}")
+    weights = None if cfg["weights"] in ("none", "None", "") else cfg["weights"]
+    shape = tuple(cfg["input_shape"]) if cfg.get("input_shape") else None
+    model = build(cfg["backbone"], head=head, weights=weights, input_shape=shape,
+                  classes=train.classes, seed=cfg["seed"])
+    policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
+    history = fit(model, train, val=val, freeze=policy, epochs=cfg["epochs"], lr=cfg["lr"],
+                  batch_size=cfg["batch_size"], optimizer=cfg["optimizer"],
+                  weight_decay=cfg["weight_decay"], schedule=cfg["schedule"], seed=cfg["seed"])
+    out = model.save(cfg["out"])
+    history.to_csv(out / "history.csv")
+    result = {"out": str(out), "epochs": len(history)}
+    if val is not None:
+        result["val"] = model.evaluate(val)
+    return result
+
+
+def _fit(args: argparse.Namespace) -> int:
+    cfg: dict[str, Any] = {}
+    if args.config:
+        try:
+            cfg = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read run description {args.config!r}: {e}") from None
+    flags = {k: v for k, v in vars(args).items()
+             if k in set(FIT_DEFAULTS) | {"backbone", "data", "val", "shots"} and v is not None}
+    if flags.get("hidden") == []:
+        flags.pop("hidden")
+    cfg.update(flags)
+    result = run_config(cfg)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .data import load as load_data
+    from .model import load
+
+    model = load(args.model, framework=args.framework)
+    print(json.dumps(model.evaluate(load_data(args.data)), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="transferkit", description=(
+        "Transfer learning through one API on PyTorch, Keras 3, JAX/Flax and Hugging Face."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("backbones", help="list registered backbones")
+    b.add_argument("pattern", nargs="?", help="glob on framework:name or name, e.g. 'torch:*'")
+    b.add_argument("--framework")
+    b.add_argument("--tag", action="append")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_backbones)
+
+    pl = sub.add_parser("plugins", help="list plugins, loaded or failed (with the reason)")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=_plugins)
+
+    d = sub.add_parser("demo", help="does transfer learning solve data scarcity? (offline data)")
+    d.add_argument("--quick", action="store_true", help="one seed instead of three")
+    d.add_argument("--frameworks", help="comma-separated; default: every installed one")
+    d.add_argument("--seeds", type=int)
+    d.add_argument("--out", default="demo-out", help="directory for demo.md/.json/.png")
+    d.set_defaults(func=_demo)
+
+    f = sub.add_parser("fit", help="fit a backbone + head on data; save model and history")
+    f.add_argument("--config", help="TOML run description (flags override it)")
+    f.add_argument("--backbone", help="e.g. torch:cnn")
+    f.add_argument("--data", help="image folder, .npz (x, y), or builtin:digits|builtin:faces")
+    f.add_argument("--val", help="validation data (same forms as --data)")
+    f.add_argument("--val-split", dest="val_split", type=float)
+    f.add_argument("--shots", type=int, help="labelled examples per class to sample")
+    f.add_argument("--head", choices=["classifier", "regressor"])
+    f.add_argument("--hidden", type=int, nargs="*")
+    f.add_argument("--dropout", type=float)
+    f.add_argument("--freeze", help="full | feature_extraction | train_last | unfreeze_at | "
+                                    "gradual")
+    f.add_argument("--weights", help="pretrained (default), none, or a .safetensors path")
+    f.add_argument("--epochs", type=int)
+    f.add_argument("--lr", type=float)
+    f.add_argument("--batch-size", dest="batch_size", type=int)
+    f.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    f.add_argument("--weight-decay", dest="weight_decay", type=float)
+    f.add_argument("--schedule", choices=["cosine", "constant"])
+    f.add_argument("--seed", type=int)
+    f.add_argument("--out", help="directory to save the fitted model (default runs/model)")
+    f.set_defaults(func=_fit)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved model on labelled data")
+    e.add_argument("model")
+    e.add_argument("--data", required=True)
+    e.add_argument("--framework", help="load it in another framework")
+    e.set_defaults(func=_evaluate)
+
+    pt = sub.add_parser("pretrain", help="make the shipped pretrained cnn/mlp weights")
+    pt.add_argument("arch", nargs="?", default="all", choices=["all", "cnn", "mlp"])
+    pt.add_argument("--framework", default="torch")
+    pt.add_argument("--out", help="output file (default: the file shipped in the package)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.set_defaults(func=_pretrain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TransferkitError as e:
+        print(f"transferkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

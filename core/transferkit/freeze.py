@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -37,7 +37,7 @@ class FreezePolicy:
     """Base class: subclasses say how many groups, counted from the output end,
     train in a given (0-based) epoch."""
 
-    lr_decay: float = 1.0
+    lr_decay: float = field(default=1.0, kw_only=True)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.lr_decay <= 1.0:

@@ -135,9 +135,20 @@ class TrainState:
     rng: dict[str, Any]  # numpy generator state (shuffling, augmentation)
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @staticmethod
+    def check_target(path: Path) -> None:
+        """Refuse to overwrite a directory that is not a training checkpoint."""
+        if path.exists() and (not path.is_dir() or (
+                any(path.iterdir()) and not (path / "state.json").is_file())):
+            raise ModelDirError(
+                f"checkpoint_dir {str(path)!r} exists and is not a training checkpoint "
+                "(a saved model, say); choose another directory"
+            )
+
     def save(self, path: str | Path) -> None:
         """Write to a directory atomically (the previous checkpoint survives a crash)."""
         path = Path(path)
+        self.check_target(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
@@ -210,6 +221,8 @@ class Trainer:
             early_stopping = EarlyStopping(patience=early_stopping)
         self.callbacks = list(callbacks) + ([early_stopping] if early_stopping else [])
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        if self.checkpoint_dir is not None:
+            TrainState.check_target(self.checkpoint_dir)
         self.verbose = verbose
         self.stop = False
         self.history = History()

@@ -1,0 +1,36 @@
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TRANSFERKIT_STRICT_PLUGINS", "1")
+
+#: framework name -> module that must be importable for its adapter tests
+ADAPTERS = {"torch": "torch", "flax": "flax", "keras": "keras"}
+INSTALLED = [fw for fw, mod in ADAPTERS.items() if importlib.util.find_spec(mod) is not None]
+
+
+@pytest.fixture(params=INSTALLED or [pytest.param("none", marks=pytest.mark.skip("no framework"))])
+def framework(request):
+    """Every installed framework adapter: the conformance tests run once per framework."""
+    import transferkit as tk
+
+    if f"{request.param}:cnn" not in {s.name for s in tk.list_backbones()}:
+        pytest.skip(f"no {request.param} adapter registered")
+    return request.param
+
+
+@pytest.fixture
+def tiny_images():
+    """24 random 16x16 RGB images in 3 balanced classes."""
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 16, 16, 3), dtype=np.float32)
+    y = np.arange(24) % 3
+    return x, y
+
+
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path_factory, monkeypatch):
+    # Converted pretrained weights are cached per test session, not in the user's home.
+    monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path_factory.getbasetemp() / "tk-home"))

@@ -86,9 +86,10 @@ def run(
     shots: Sequence[int] = (1, 5, 10, 20),
     seeds: int | None = None,
     out: str | Path = "demo-out",
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run the demo, print the table, write ``demo.json``, ``demo.md`` and ``demo.png``."""
+    stream = stream or sys.stdout
     t_start = time.perf_counter()
     frameworks = list(frameworks) if frameworks else installed_frameworks()
     n_seeds = seeds or (1 if quick else 3)

@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import transferkit as tk  # noqa: E402
+from transferkit import demo  # noqa: E402
+from transferkit.cli import main  # noqa: E402
+
+
+def test_backbones_and_plugins(capsys):
+    assert main(["backbones", "torch:*"]) == 0
+    out = capsys.readouterr().out
+    assert "torch:efficientnet_lite0" in out and "ImageNet" in out
+    assert main(["backbones", "--json", "cnn"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["name"] == "torch:cnn" and listed[0]["groups"][0] == "stage1"
+    assert main(["plugins"]) == 0
+    assert "torch" in capsys.readouterr().out
+
+
+def test_fit_from_toml_writes_model_and_history(tmp_path, capsys):
+    x = np.random.default_rng(0).random((20, 8, 8, 1)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2, classes=np.array(["a", "b"]))
+    (tmp_path / "run.toml").write_text(
+        f'backbone = "torch:cnn"\ndata = "{tmp_path / "d.npz"}"\nfreeze = "train_last"\n'
+        f'freeze_options = {{n = 2}}\nepochs = 2\nhidden = [16]\nval_split = 0.2\n'
+        f'out = "{tmp_path / "model"}"\n')
+    assert main(["fit", "--config", str(tmp_path / "run.toml"), "--lr", "0.01"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"] == 2 and 0.0 <= result["val"]["accuracy"] <= 1.0
+    assert (tmp_path / "model" / "history.csv").read_text().startswith("epoch,loss,lr")
+    model = tk.load(tmp_path / "model")
+    assert model.classes == ["a", "b"] and model.head.hidden == (16,)
+
+
+def test_cli_errors_are_one_clear_line(capsys):
+    assert main(["fit", "--backbone", "torch:cnnn", "--data", "builtin:digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("transferkit: error: unknown backbone 'torch:cnnn'")
+    assert "Traceback" not in err
+    assert main(["fit", "--backbone", "torch:cnn"]) == 2
+    assert "needs data" in capsys.readouterr().err
+
+
+def test_demo_prints_the_table_and_writes_the_plot(tmp_path, capsys):
+    result = demo.run(frameworks=["torch"], shots=(1, 5), seeds=1, out=tmp_path)
+    out = capsys.readouterr().out
+    assert "| faces | pixels + logistic regression |" in out
+    assert "torch: efficientnet_lite0 (ImageNet) features" in out
+    rows = result["rows"]
+    assert len(rows) == 2 * len(demo.METHODS)
+    assert all(0.0 <= r["accuracy"][k] <= 1.0 for r in rows for k in (1, 5))
+    assert len(result["verdict"]) == 4
+    assert all(("wins" in v or "tie" in v) and "label(s)/class" in v for v in result["verdict"])
+    png = (tmp_path / "demo.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -13,8 +13,12 @@ from transferkit import errors
 
 
 def cnn(framework, num_classes=3, weights=None, **kw):
-    return tk.build(f"{framework}:cnn", head=tk.Classifier(num_classes, **kw), weights=weights,
-                    input_shape=(16, 16, 3))
+    return tk.build(
+        f"{framework}:cnn",
+        head=tk.Classifier(num_classes, **kw),
+        weights=weights,
+        input_shape=(16, 16, 3),
+    )
 
 
 def test_build_predict_features_shapes(framework, tiny_images):
@@ -59,8 +63,15 @@ def test_frozen_groups_do_not_change_and_hold_no_optimizer_state(framework, tiny
     x, y = tiny_images
     model = cnn(framework, weights="pretrained")
     before = model.engine.get_weights()
-    tk.fit(model, tk.Dataset(x, y), freeze=tk.freeze.TrainLast(1), epochs=2, batch_size=8,
-           verbose=0, cache_features=False)
+    tk.fit(
+        model,
+        tk.Dataset(x, y),
+        freeze=tk.freeze.TrainLast(1),
+        epochs=2,
+        batch_size=8,
+        verbose=0,
+        cache_features=False,
+    )
     after = model.engine.get_weights()
     for k in before:
         same = np.array_equal(before[k], after[k])
@@ -79,9 +90,17 @@ def test_feature_caching_matches_the_uncached_run(framework, tiny_images):
         model = cnn(framework, weights="pretrained")
         calls = []
         original = model.engine.features
-        model.engine.features = lambda b, _o=original: calls.append(len(b)) or _o(b)
-        tk.fit(model, tk.Dataset(x, y), freeze=tk.freeze.FeatureExtraction(), epochs=5,
-               batch_size=8, verbose=0, cache_features=cache, seed=1)
+        model.engine.features = lambda b, _o=original, _c=calls: _c.append(len(b)) or _o(b)
+        tk.fit(
+            model,
+            tk.Dataset(x, y),
+            freeze=tk.freeze.FeatureExtraction(),
+            epochs=5,
+            batch_size=8,
+            verbose=0,
+            cache_features=cache,
+            seed=1,
+        )
         outs.append(model.predict(x))
         assert (sum(calls) == 24) if cache else not calls
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
@@ -90,9 +109,17 @@ def test_feature_caching_matches_the_uncached_run(framework, tiny_images):
 def test_gradual_unfreeze_and_lr_decay_run(framework, tiny_images):
     x, y = tiny_images
     model = cnn(framework, weights="pretrained")
-    h = tk.fit(model, tk.Dataset(x, y), freeze=tk.freeze.GradualUnfreeze(lr_decay=0.5),
-               epochs=4, batch_size=8, optimizer="adamw", weight_decay=0.01, warmup_steps=2,
-               verbose=0)
+    h = tk.fit(
+        model,
+        tk.Dataset(x, y),
+        freeze=tk.freeze.GradualUnfreeze(lr_decay=0.5),
+        epochs=4,
+        batch_size=8,
+        optimizer="adamw",
+        weight_decay=0.01,
+        warmup_steps=2,
+        verbose=0,
+    )
     assert h["trainable_groups"] == [0, 1, 2, 3]
 
 
@@ -107,8 +134,9 @@ def test_optimizers(framework, tiny_images, optimizer):
 def test_regressor(framework, tiny_images):
     x, _ = tiny_images
     target = x.mean(axis=(1, 2, 3))
-    model = tk.build(f"{framework}:cnn", head=tk.Regressor(1), weights=None,
-                     input_shape=(16, 16, 3))
+    model = tk.build(
+        f"{framework}:cnn", head=tk.Regressor(1), weights=None, input_shape=(16, 16, 3)
+    )
     tk.fit(model, tk.Dataset(x, target), epochs=3, verbose=0)
     scores = model.evaluate(tk.Dataset(x, target))
     assert set(scores) == {"loss", "mse", "mae"} and model.predict(x).shape == (24, 1)
@@ -130,21 +158,29 @@ def test_early_stopping_restores_best(framework, tiny_images):
     x, y = tiny_images
     model = cnn(framework)
     stop = tk.EarlyStopping(monitor="val_loss", patience=1)
-    h = tk.fit(model, tk.Dataset(x, y), val=tk.Dataset(x[::-1].copy(), (y[::-1] + 1) % 3),
-               epochs=30, lr=1e-2, early_stopping=stop, verbose=0)
+    h = tk.fit(
+        model,
+        tk.Dataset(x, y),
+        val=tk.Dataset(x[::-1].copy(), (y[::-1] + 1) % 3),
+        epochs=30,
+        lr=1e-2,
+        early_stopping=stop,
+        verbose=0,
+    )
     assert len(h) < 30
     assert model.evaluate(tk.Dataset(x[::-1].copy(), (y[::-1] + 1) % 3))["loss"] == (
-        pytest.approx(min(h["val_loss"]), rel=1e-4))
+        pytest.approx(min(h["val_loss"]), rel=1e-4)
+    )
 
 
 def test_exact_resume(framework, tiny_images, tmp_path):
     x, y = tiny_images
     data = tk.Dataset(x, y)
-    opts = dict(epochs=4, batch_size=8, lr=1e-2, seed=5, verbose=0,
-                freeze=tk.freeze.GradualUnfreeze())
+    opts = dict(
+        epochs=4, batch_size=8, lr=1e-2, seed=5, verbose=0, freeze=tk.freeze.GradualUnfreeze()
+    )
     straight = cnn(framework, dropout=0.3)
     tk.fit(straight, data, **opts)
-
 
     class Interrupt(tk.Callback):  # the run dies after its second epoch
         def on_epoch_end(self, trainer, epoch, logs):
@@ -211,8 +247,15 @@ def test_failed_fit_and_bad_dirs_lose_nothing(framework, tiny_images, tmp_path):
     with pytest.raises(errors.ModelDirError, match="not a training checkpoint"):
         tk.fit(model, tk.Dataset(x, y), epochs=1, verbose=0, checkpoint_dir=tmp_path / "m")
     with pytest.raises(errors.TrainingError, match="became"):
-        tk.fit(model, tk.Dataset(x, y), epochs=3, lr=1e30, optimizer="sgd", verbose=0,
-               checkpoint_dir=tmp_path / "ckpt")
+        tk.fit(
+            model,
+            tk.Dataset(x, y),
+            epochs=3,
+            lr=1e30,
+            optimizer="sgd",
+            verbose=0,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
     with pytest.raises(errors.ModelDirError, match="does not exist"):
         tk.load(tmp_path / "missing")

@@ -26,8 +26,9 @@ def test_fit_from_toml_writes_model_and_history(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2, classes=np.array(["a", "b"]))
     (tmp_path / "run.toml").write_text(
         f'backbone = "torch:cnn"\ndata = "{tmp_path / "d.npz"}"\nfreeze = "train_last"\n'
-        f'freeze_options = {{n = 2}}\nepochs = 2\nhidden = [16]\nval_split = 0.2\n'
-        f'out = "{tmp_path / "model"}"\n')
+        f"freeze_options = {{n = 2}}\nepochs = 2\nhidden = [16]\nval_split = 0.2\n"
+        f'out = "{tmp_path / "model"}"\n'
+    )
     assert main(["fit", "--config", str(tmp_path / "run.toml"), "--lr", "0.01"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["epochs"] == 2 and 0.0 <= result["val"]["accuracy"] <= 1.0

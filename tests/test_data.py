@@ -35,7 +35,7 @@ def test_digits_transfer_is_the_target_task_with_a_fixed_test_split():
     assert train.x.shape == (50, 8, 8, 1) and train.x.dtype == np.float32
     assert train.classes == ["5", "6", "7", "8", "9"] and set(train.y) == set(range(5))
     assert np.array_equal(test.x, test2.x) and len(test) > 400
-    assert 0.0 <= train.x.min() and train.x.max() <= 1.0
+    assert train.x.min() >= 0.0 and train.x.max() <= 1.0
     src = tk.datasets.digits_source()
     assert set(src.y) == set(range(5)) and len(src) > 850
 

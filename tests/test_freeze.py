@@ -53,9 +53,15 @@ def test_layerwise_lr_decay_is_geometric_from_the_top():
     assert plan == {"stem": 0.0, "stage1": 0.0, "stage2": 0.25, "stage3": 0.5}
 
 
-@pytest.mark.parametrize("bad", [lambda: freeze.TrainLast(-1), lambda: freeze.GradualUnfreeze(0),
-                                 lambda: freeze.FullFineTune(lr_decay=0.0),
-                                 lambda: freeze.UnfreezeAt(-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: freeze.TrainLast(-1),
+        lambda: freeze.GradualUnfreeze(0),
+        lambda: freeze.FullFineTune(lr_decay=0.0),
+        lambda: freeze.UnfreezeAt(-1),
+    ],
+)
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
         bad()

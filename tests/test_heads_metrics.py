@@ -9,7 +9,10 @@ from transferkit.errors import ConfigError
 def test_heads_describe_their_layers():
     layers = tk.Classifier(5, hidden=(32, 16), dropout=0.1).dense_layers(64)
     assert [(d.name, d.in_features, d.out_features, d.activation) for d in layers] == [
-        ("hidden.0", 64, 32, "relu"), ("hidden.1", 32, 16, "relu"), ("out", 16, 5, None)]
+        ("hidden.0", 64, 32, "relu"),
+        ("hidden.1", 32, 16, "relu"),
+        ("out", 16, 5, None),
+    ]
     assert tk.Regressor(outputs=2).outputs == 2 and tk.Regressor().loss == "mse"
 
 

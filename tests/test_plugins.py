@@ -22,12 +22,15 @@ def test_builtin_adapter_is_an_entry_point_plugin(fresh):
 
 
 def test_listing_backbones_imports_no_framework():
-    code = ("import sys, transferkit as tk; names = [s.name for s in tk.list_backbones()]; "
-            "from transferkit.cli import main; main(['backbones']); "
-            "bad = [m for m in ('torch', 'jax', 'flax', 'tensorflow', 'keras', 'transformers') "
-            "if m in sys.modules]; print('IMPORTED', bad, len(names))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, transferkit as tk; names = [s.name for s in tk.list_backbones()]; "
+        "from transferkit.cli import main; main(['backbones']); "
+        "bad = [m for m in ('torch', 'jax', 'flax', 'tensorflow', 'keras', 'transformers') "
+        "if m in sys.modules]; print('IMPORTED', bad, len(names))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "IMPORTED [] " in out and "torch:cnn" in out
 
 
@@ -36,7 +39,9 @@ def test_catalog_filters_and_suggestions():
     assert "torch:cnn" in names and all(n.startswith("torch:") for n in names)
     assert [s.name for s in tk.list_backbones("resnet*")] == ["torch:resnet18"]
     assert [s.name for s in tk.list_backbones(tags=("digits",), framework="torch")] == [
-        "torch:cnn", "torch:mlp"]
+        "torch:cnn",
+        "torch:mlp",
+    ]
     with pytest.raises(errors.UnknownBackboneError, match="Did you mean: torch:resnet18"):
         tk.build("torch:resnet19", head=tk.Classifier(2))
     with pytest.raises(errors.TransferkitError, match="Did you mean"):
@@ -46,17 +51,32 @@ def test_catalog_filters_and_suggestions():
 class GoodPlugin:
     @tk.hookimpl
     def transferkit_register_backbones(self, register):
-        register(tk.BackboneSpec(
-            name="torch:wide_mlp", input_kind="image", input_shape=(8, 8, 1), feature_size=64,
-            groups=(("fc1", ("fc1",)), ("fc2", ("fc2",))),
-            factory="transferkit_torch.architectures:mlp", tags=("extra",)))
+        register(
+            tk.BackboneSpec(
+                name="torch:wide_mlp",
+                input_kind="image",
+                input_shape=(8, 8, 1),
+                feature_size=64,
+                groups=(("fc1", ("fc1",)), ("fc2", ("fc2",))),
+                factory="transferkit_torch.architectures:mlp",
+                tags=("extra",),
+            )
+        )
 
 
 class BrokenPlugin:
     @tk.hookimpl
     def transferkit_register_backbones(self, register):
-        register(tk.BackboneSpec(name="torch:half", input_kind="image", input_shape=(8, 8, 1),
-                                 feature_size=1, groups=(("a", ("a",)),), factory="x:y"))
+        register(
+            tk.BackboneSpec(
+                name="torch:half",
+                input_kind="image",
+                input_shape=(8, 8, 1),
+                feature_size=1,
+                groups=(("a", ("a",)),),
+                factory="x:y",
+            )
+        )
         raise RuntimeError("cannot find my weights")
 
 
@@ -100,10 +120,19 @@ def test_framework_not_installed_names_the_pip_line(fresh):
 
         @tk.hookimpl
         def transferkit_register_backbones(self, register):
-            register(tk.BackboneSpec(name="ghost:net", input_kind="vector", input_shape=(4,),
-                                     feature_size=4, groups=(("all", ("all",)),), factory="x:y"))
+            register(
+                tk.BackboneSpec(
+                    name="ghost:net",
+                    input_kind="vector",
+                    input_shape=(4,),
+                    feature_size=4,
+                    groups=(("all", ("all",)),),
+                    factory="x:y",
+                )
+            )
 
     tk.register(GhostPlugin(), "ghost")
-    with pytest.raises(errors.FrameworkNotInstalledError,
-                       match=r"pip install 'transferkit\[ghost\]'"):
+    with pytest.raises(
+        errors.FrameworkNotInstalledError, match=r"pip install 'transferkit\[ghost\]'"
+    ):
         tk.build("ghost:net", head=tk.Classifier(2))

@@ -20,7 +20,7 @@ def photo(name):
 
     img = resize(img[None], (round(h * scale), round(w * scale)))[0]
     top, left = (img.shape[0] - 224) // 2, (img.shape[1] - 224) // 2
-    return img[top: top + 224, left: left + 224]
+    return img[top : top + 224, left : left + 224]
 
 
 def test_efficientnet_lite0_imagenet_predictions_make_sense():
@@ -33,8 +33,7 @@ def test_efficientnet_lite0_imagenet_predictions_make_sense():
     model.engine.set_weights({"head.out.weight": fc["_fc.weight"], "head.out.bias": fc["_fc.bias"]})
     probs = model.predict(np.stack([photo("china.jpg"), photo("flower.jpg")]))
     assert probs.argmax(1).tolist() == [698, 985]  # palace, daisy
-    n = sum(v.size for k, v in model.engine.get_weights().items()
-            if "running" not in k)
+    n = sum(v.size for k, v in model.engine.get_weights().items() if "running" not in k)
     assert n == 4_652_008
 
 
@@ -50,20 +49,32 @@ def test_canonical_lite0_file_is_safetensors_in_the_cache(tmp_path, monkeypatch)
 
 
 def test_resnet18_loads_a_torchvision_named_file(tmp_path):
-    model = tk.build("torch:resnet18", head=tk.Classifier(10), weights=None,
-                     input_shape=(32, 32, 3))
+    model = tk.build(
+        "torch:resnet18", head=tk.Classifier(10), weights=None, input_shape=(32, 32, 3)
+    )
     names = set(model.engine.param_shapes())
-    for key in ("backbone.conv1.weight", "backbone.layer1.0.conv1.weight",
-                "backbone.layer2.0.downsample.0.weight", "backbone.layer4.1.bn2.running_var"):
+    for key in (
+        "backbone.conv1.weight",
+        "backbone.layer1.0.conv1.weight",
+        "backbone.layer2.0.downsample.0.weight",
+        "backbone.layer4.1.bn2.running_var",
+    ):
         assert key in names
     # A torchvision checkpoint: backbone names without prefix, plus its own 'fc'.
-    arrays = {k[9:]: v * 0 + 0.01 for k, v in model.engine.get_weights().items()
-              if k.startswith("backbone.")}
+    arrays = {
+        k[9:]: v * 0 + 0.01
+        for k, v in model.engine.get_weights().items()
+        if k.startswith("backbone.")
+    }
     arrays["fc.weight"] = np.zeros((1000, 512), np.float32)
     arrays["fc.bias"] = np.zeros(1000, np.float32)
     wio.save(arrays, tmp_path / "resnet18.safetensors")
-    loaded = tk.build("torch:resnet18", head=tk.Classifier(10),
-                      weights=tmp_path / "resnet18.safetensors", input_shape=(32, 32, 3))
+    loaded = tk.build(
+        "torch:resnet18",
+        head=tk.Classifier(10),
+        weights=tmp_path / "resnet18.safetensors",
+        input_shape=(32, 32, 3),
+    )
     w = loaded.engine.get_weights()
     assert np.all(w["backbone.layer3.0.conv1.weight"] == np.float32(0.01))
     assert loaded.features(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 512)
@@ -72,8 +83,16 @@ def test_resnet18_loads_a_torchvision_named_file(tmp_path):
 def test_pretrained_cnn_fine_tuned_on_digits_reaches_085():
     train, test = tk.datasets.digits_transfer(shots=10, seed=0)
     model = tk.build("torch:cnn", head=tk.Classifier(num_classes=5))
-    tk.fit(model, train, freeze=tk.freeze.FullFineTune(), epochs=30, lr=1e-3, batch_size=16,
-           seed=0, verbose=0)
+    tk.fit(
+        model,
+        train,
+        freeze=tk.freeze.FullFineTune(),
+        epochs=30,
+        lr=1e-3,
+        batch_size=16,
+        seed=0,
+        verbose=0,
+    )
     assert model.evaluate(test)["accuracy"] >= 0.85
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import ConfigError, TransferkitError
 
@@ -18,24 +19,45 @@ def _backbones(args: argparse.Namespace) -> int:
 
     specs = list_backbones(args.pattern, args.framework, tuple(args.tag or ()))
     if args.json:
-        print(json.dumps([{
-            "name": s.name, "arch": s.arch, "input_kind": s.input_kind,
-            "input_shape": list(s.input_shape), "feature_size": s.feature_size,
-            "groups": list(s.group_names), "tags": list(s.tags),
-            "weights": s.weights.description if s.weights else None,
-        } for s in specs], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "arch": s.arch,
+                        "input_kind": s.input_kind,
+                        "input_shape": list(s.input_shape),
+                        "feature_size": s.feature_size,
+                        "groups": list(s.group_names),
+                        "tags": list(s.tags),
+                        "weights": s.weights.description if s.weights else None,
+                    }
+                    for s in specs
+                ],
+                indent=2,
+            )
+        )
         return 0
     reg = registry()
-    print(f"{'name':<32} {'input':<14} {'features':>8} {'groups':>6}  {'pretrained weights':<44} "
-          "installed")
+    print(
+        f"{'name':<32} {'input':<14} {'features':>8} {'groups':>6}  {'pretrained weights':<44} "
+        "installed"
+    )
     for s in specs:
         fw = reg.frameworks.get(s.framework)
-        ok = "yes" if fw and not fw.missing() else f"no: pip install 'transferkit[{fw.extra}]'" \
-            if fw else "no framework"
+        ok = (
+            "yes"
+            if fw and not fw.missing()
+            else f"no: pip install 'transferkit[{fw.extra}]'"
+            if fw
+            else "no framework"
+        )
         shape = "x".join(map(str, s.input_shape))
         weights = s.weights.description if s.weights else "-"
-        print(f"{s.name:<32} {s.input_kind + ' ' + shape:<14} {s.feature_size:>8} "
-              f"{len(s.groups):>6}  {weights[:44]:<44} {ok}")
+        print(
+            f"{s.name:<32} {s.input_kind + ' ' + shape:<14} {s.feature_size:>8} "
+            f"{len(s.groups):>6}  {weights[:44]:<44} {ok}"
+        )
     if not specs:
         print("no backbone matches", file=sys.stderr)
     return 0
@@ -82,10 +104,21 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 FIT_DEFAULTS: dict[str, Any] = {
-    "head": "classifier", "hidden": [], "dropout": 0.0, "freeze": "full", "epochs": 10,
-    "lr": 1e-3, "batch_size": 32, "optimizer": "adam", "weight_decay": 0.0,
-    "schedule": "cosine", "seed": 0, "weights": "pretrained", "val_split": 0.0,
-    "out": "runs/model", "freeze_options": {},
+    "head": "classifier",
+    "hidden": [],
+    "dropout": 0.0,
+    "freeze": "full",
+    "epochs": 10,
+    "lr": 1e-3,
+    "batch_size": 32,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "schedule": "cosine",
+    "seed": 0,
+    "weights": "pretrained",
+    "val_split": 0.0,
+    "out": "runs/model",
+    "freeze_options": {},
 }
 
 
@@ -96,8 +129,9 @@ def _load_data(spec: str, shots: int | None, seed: int):
         name = spec.split(":", 1)[1]
         loaders = {"digits": datasets.digits_transfer, "faces": datasets.faces}
         if name not in loaders:
-            raise ConfigError(f"unknown built-in data {spec!r}; use builtin:digits or "
-                              "builtin:faces")
+            raise ConfigError(
+                f"unknown built-in data {spec!r}; use builtin:digits or builtin:faces"
+            )
         return loaders[name](shots=shots, seed=seed)
     train = data.load(spec)
     return (train.few_shot(shots, seed) if shots else train), None
@@ -131,12 +165,28 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"head must be 'classifier' or 'regressor', got {cfg['head']!r}")
     weights = None if cfg["weights"] in ("none", "None", "") else cfg["weights"]
     shape = tuple(cfg["input_shape"]) if cfg.get("input_shape") else None
-    model = build(cfg["backbone"], head=head, weights=weights, input_shape=shape,
-                  classes=train.classes, seed=cfg["seed"])
+    model = build(
+        cfg["backbone"],
+        head=head,
+        weights=weights,
+        input_shape=shape,
+        classes=train.classes,
+        seed=cfg["seed"],
+    )
     policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
-    history = fit(model, train, val=val, freeze=policy, epochs=cfg["epochs"], lr=cfg["lr"],
-                  batch_size=cfg["batch_size"], optimizer=cfg["optimizer"],
-                  weight_decay=cfg["weight_decay"], schedule=cfg["schedule"], seed=cfg["seed"])
+    history = fit(
+        model,
+        train,
+        val=val,
+        freeze=policy,
+        epochs=cfg["epochs"],
+        lr=cfg["lr"],
+        batch_size=cfg["batch_size"],
+        optimizer=cfg["optimizer"],
+        weight_decay=cfg["weight_decay"],
+        schedule=cfg["schedule"],
+        seed=cfg["seed"],
+    )
     out = model.save(cfg["out"])
     history.to_csv(out / "history.csv")
     result = {"out": str(out), "epochs": len(history)}
@@ -152,8 +202,11 @@ def _fit(args: argparse.Namespace) -> int:
             cfg = tomllib.loads(Path(args.config).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read run description {args.config!r}: {e}") from None
-    flags = {k: v for k, v in vars(args).items()
-             if k in set(FIT_DEFAULTS) | {"backbone", "data", "val", "shots"} and v is not None}
+    flags = {
+        k: v
+        for k, v in vars(args).items()
+        if k in set(FIT_DEFAULTS) | {"backbone", "data", "val", "shots"} and v is not None
+    }
     if flags.get("hidden") == []:
         flags.pop("hidden")
     cfg.update(flags)
@@ -172,8 +225,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="transferkit", description=(
-        "Transfer learning through one API on PyTorch, Keras 3, JAX/Flax and Hugging Face."))
+    p = argparse.ArgumentParser(
+        prog="transferkit",
+        description=(
+            "Transfer learning through one API on PyTorch, Keras 3, JAX/Flax and Hugging Face."
+        ),
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("backbones", help="list registered backbones")
@@ -204,8 +261,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--head", choices=["classifier", "regressor"])
     f.add_argument("--hidden", type=int, nargs="*")
     f.add_argument("--dropout", type=float)
-    f.add_argument("--freeze", help="full | feature_extraction | train_last | unfreeze_at | "
-                                    "gradual")
+    f.add_argument(
+        "--freeze", help="full | feature_extraction | train_last | unfreeze_at | gradual"
+    )
     f.add_argument("--weights", help="pretrained (default), none, or a .safetensors path")
     f.add_argument("--epochs", type=int)
     f.add_argument("--lr", type=float)

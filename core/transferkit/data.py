@@ -69,7 +69,9 @@ class Dataset:
         y = None if self.y is None else self.y[index]
         return Dataset(x, y, self.classes, self.name, dict(self.meta))
 
-    def split(self, fraction: float, seed: int = 0, stratify: bool = True) -> tuple[Dataset, Dataset]:
+    def split(
+        self, fraction: float, seed: int = 0, stratify: bool = True
+    ) -> tuple[Dataset, Dataset]:
         """Split into (rest, held_out) with ``fraction`` of the examples held out."""
         return train_val_split(self, fraction, seed=seed, stratify=stratify)
 
@@ -181,7 +183,8 @@ def load_npz(path: str | Path) -> Dataset:
         if "x" not in f:
             raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
         classes = [str(c) for c in f["classes"]] if "classes" in f else None
-        return Dataset(f["x"], f["y"] if "y" in f else None, classes, name=Path(path).stem)
+        labels = f["y"] if "y" in f else None  # noqa: SIM401 - NpzFile has no .get
+        return Dataset(f["x"], labels, classes, name=Path(path).stem)
 
 
 def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:
@@ -229,11 +232,10 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
             )
         if min(x.shape[1:3]) < 1:
             raise InputShapeError(f"{what} has empty images: shape {x.shape}")
-    elif input_kind == "vector":
-        if x.ndim != 2 or x.shape[1] != input_shape[0]:
-            raise InputShapeError(
-                f"{what} has shape {x.shape}; this backbone takes vectors (N, {input_shape[0]})"
-            )
+    elif input_kind == "vector" and (x.ndim != 2 or x.shape[1] != input_shape[0]):
+        raise InputShapeError(
+            f"{what} has shape {x.shape}; this backbone takes vectors (N, {input_shape[0]})"
+        )
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
         raise NonFiniteInputError(
@@ -259,9 +261,9 @@ def check_labels(y: Any, n: int, task: str, outputs: int, what: str = "y") -> np
         bad = (y < 0) | (y >= outputs)
         if bad.any():
             raise LabelError(
-                f"{what} holds labels outside [0, {outputs}) (e.g. {sorted(set(y[bad].tolist()))[:5]})"
-                f": the head has {outputs} classes; build it with Classifier(num_classes=...) "
-                "matching your labels"
+                f"{what} holds labels outside [0, {outputs}) "
+                f"(e.g. {sorted(set(y[bad].tolist()))[:5]}): the head has {outputs} classes; "
+                "build it with Classifier(num_classes=...) matching your labels"
             )
         return y.astype(np.int64)
     y = y.astype(np.float32)

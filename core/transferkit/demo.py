@@ -50,8 +50,14 @@ METHODS = (
     Method("cnn from scratch", "cnn", weights=None, freeze=FullFineTune()),
     Method("cnn (digits 0-4) features", "cnn", freeze=FeatureExtraction(), epochs=50, lr=1e-2),
     Method("cnn (digits 0-4) fine-tuned", "cnn", freeze=FullFineTune()),
-    Method("efficientnet_lite0 (ImageNet) features", "efficientnet_lite0",
-           freeze=FeatureExtraction(), epochs=50, lr=1e-2, input_shape=(64, 64, 3)),
+    Method(
+        "efficientnet_lite0 (ImageNet) features",
+        "efficientnet_lite0",
+        freeze=FeatureExtraction(),
+        epochs=50,
+        lr=1e-2,
+        input_shape=(64, 64, 3),
+    ),
 )
 
 
@@ -59,7 +65,8 @@ def installed_frameworks() -> list[str]:
     """Frameworks that are installed and realise the demo's backbones."""
     reg = registry()
     return [
-        name for name, fw in sorted(reg.frameworks.items())
+        name
+        for name, fw in sorted(reg.frameworks.items())
         if not fw.missing() and f"{name}:cnn" in reg.catalog
     ]
 
@@ -73,10 +80,23 @@ def _pixels_lr(train: Dataset, test: Dataset, seed: int) -> float:
 
 
 def _network(method: Method, framework: str, train: Dataset, test: Dataset, seed: int) -> float:
-    model = build(f"{framework}:{method.backbone}", head=Classifier(len(train.classes)),
-                  weights=method.weights, input_shape=method.input_shape, seed=seed)
-    fit(model, train, freeze=method.freeze, epochs=method.epochs, lr=method.lr, batch_size=16,
-        seed=seed, verbose=0)
+    model = build(
+        f"{framework}:{method.backbone}",
+        head=Classifier(len(train.classes)),
+        weights=method.weights,
+        input_shape=method.input_shape,
+        seed=seed,
+    )
+    fit(
+        model,
+        train,
+        freeze=method.freeze,
+        epochs=method.epochs,
+        lr=method.lr,
+        batch_size=16,
+        seed=seed,
+        verbose=0,
+    )
     return model.evaluate(test)["accuracy"]
 
 
@@ -102,17 +122,35 @@ def run(
                 for k in shots:
                     for seed in range(n_seeds):
                         train, test = loader(shots=k, seed=seed)
-                        acc = (_pixels_lr(train, test, seed) if fw is None
-                               else _network(method, fw, train, test, seed))
+                        acc = (
+                            _pixels_lr(train, test, seed)
+                            if fw is None
+                            else _network(method, fw, train, test, seed)
+                        )
                         accs.setdefault(k, []).append(acc)
-                rows.append({"task": task, "method": label, "framework": fw,
-                             "transfer": method.weights == "pretrained" and fw is not None,
-                             "accuracy": {k: float(np.mean(v)) for k, v in accs.items()},
-                             "std": {k: float(np.std(v)) for k, v in accs.items()}})
-                print(f"  {task:<11} {label:<48} " + "  ".join(
-                    f"{np.mean(v):.3f}" for v in accs.values()), file=stream, flush=True)
-    result = {"shots": list(shots), "seeds": n_seeds, "frameworks": frameworks, "rows": rows,
-              "seconds": time.perf_counter() - t_start}
+                rows.append(
+                    {
+                        "task": task,
+                        "method": label,
+                        "framework": fw,
+                        "transfer": method.weights == "pretrained" and fw is not None,
+                        "accuracy": {k: float(np.mean(v)) for k, v in accs.items()},
+                        "std": {k: float(np.std(v)) for k, v in accs.items()},
+                    }
+                )
+                print(
+                    f"  {task:<11} {label:<48} "
+                    + "  ".join(f"{np.mean(v):.3f}" for v in accs.values()),
+                    file=stream,
+                    flush=True,
+                )
+    result = {
+        "shots": list(shots),
+        "seeds": n_seeds,
+        "frameworks": frameworks,
+        "rows": rows,
+        "seconds": time.perf_counter() - t_start,
+    }
     result["verdict"] = verdict(rows, shots)
     text = table(rows, shots, n_seeds) + "\n\n" + "\n".join(result["verdict"])
     print("\n" + text, file=stream)
@@ -127,14 +165,22 @@ def run(
 
 def table(rows: list[dict[str, Any]], shots: Sequence[int], seeds: int) -> str:
     head = "| task | method | " + " | ".join(f"{k} shot{'s' if k > 1 else ''}" for k in shots)
-    lines = [f"Test accuracy, mean over {seeds} seed(s), by labelled examples per class.", "",
-             head + " |", "|---|---|" + "---:|" * len(shots)]
+    lines = [
+        f"Test accuracy, mean over {seeds} seed(s), by labelled examples per class.",
+        "",
+        head + " |",
+        "|---|---|" + "---:|" * len(shots),
+    ]
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
         best = {k: max(r["accuracy"][k] for r in task_rows) for k in shots}
         for r in task_rows:
-            cells = [f"**{r['accuracy'][k]:.3f}**" if r["accuracy"][k] == best[k]
-                     else f"{r['accuracy'][k]:.3f}" for k in shots]
+            cells = [
+                f"**{r['accuracy'][k]:.3f}**"
+                if r["accuracy"][k] == best[k]
+                else f"{r['accuracy'][k]:.3f}"
+                for k in shots
+            ]
             lines.append(f"| {task} | {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -148,11 +194,17 @@ def verdict(rows: list[dict[str, Any]], shots: Sequence[int]) -> list[str]:
             top = max(r["accuracy"][k] for r in task_rows)
             winners = [r for r in task_rows if r["accuracy"][k] == top]
             kinds = {r["transfer"] for r in winners}
-            kind = ("transfer learning and training without transfer tie" if len(kinds) == 2
-                    else "transfer learning wins" if kinds == {True}
-                    else "no transfer wins: transfer does not help here")
-            out.append(f"{task}, {k} label(s)/class: {kind} "
-                       f"({', '.join(r['method'] for r in winners)}: {top:.3f}).")
+            kind = (
+                "transfer learning and training without transfer tie"
+                if len(kinds) == 2
+                else "transfer learning wins"
+                if kinds == {True}
+                else "no transfer wins: transfer does not help here"
+            )
+            out.append(
+                f"{task}, {k} label(s)/class: {kind} "
+                f"({', '.join(r['method'] for r in winners)}: {top:.3f})."
+            )
     return out
 
 

@@ -47,9 +47,7 @@ class OptimizerSpec:
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
-            raise ConfigError(
-                f"optimizer {self.name!r} is not one of {', '.join(OPTIMIZERS)}"
-            )
+            raise ConfigError(f"optimizer {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -157,7 +155,8 @@ class Framework(ABC):
             return None
 
     @abstractmethod
-    def build(self, spec: BackboneSpec, head: Head, input_shape: tuple[int, ...],
-              seed: int = 0) -> Engine:
+    def build(
+        self, spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int = 0
+    ) -> Engine:
         """Build backbone (via ``spec.create``) and head natively, randomly initialised
         from ``seed``. Import the framework here, not at module level."""

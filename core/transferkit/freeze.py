@@ -58,9 +58,7 @@ class FreezePolicy:
 
     def frozen_throughout(self, groups: Sequence[str], epochs: int) -> bool:
         """True when no backbone group trains in any epoch: features can be cached."""
-        return all(
-            not any(self.plan(groups, e).values()) for e in range(max(1, epochs))
-        )
+        return all(not any(self.plan(groups, e).values()) for e in range(max(1, epochs)))
 
     def describe(self) -> str:
         return repr(self)

@@ -42,8 +42,11 @@ def classification(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 def regression(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
     err = out.astype(np.float64) - y
-    return {"loss": float(np.mean(err**2)), "mse": float(np.mean(err**2)),
-            "mae": float(np.mean(np.abs(err)))}
+    return {
+        "loss": float(np.mean(err**2)),
+        "mse": float(np.mean(err**2)),
+        "mae": float(np.mean(np.abs(err))),
+    }
 
 
 def compute(task: str, outputs: np.ndarray, y: np.ndarray) -> dict[str, float]:

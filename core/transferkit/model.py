@@ -29,7 +29,6 @@ WEIGHTS_FILE = "model.safetensors"
 PRETRAINED = "pretrained"
 
 
-
 @dataclass(frozen=True)
 class Backbone:
     """A built backbone: its metadata, the native object and its layer groups."""
@@ -59,9 +58,16 @@ class Model:
     """A backbone with a head, realised in one framework. Made by :func:`build` or
     :func:`load`; trained by :func:`transferkit.fit`."""
 
-    def __init__(self, spec: BackboneSpec, head: Head, framework: Framework, engine: Engine,
-                 input_shape: tuple[int, ...], classes: list[str] | None = None,
-                 weights_origin: str | None = None):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        head: Head,
+        framework: Framework,
+        engine: Engine,
+        input_shape: tuple[int, ...],
+        classes: list[str] | None = None,
+        weights_origin: str | None = None,
+    ):
         self.spec = spec
         self.head = head
         self.framework = framework
@@ -72,8 +78,10 @@ class Model:
         self.history: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
-        return (f"Model({self.spec.name!r}, head={self.head!r}, input_shape={self.input_shape}, "
-                f"weights={self.weights_origin!r})")
+        return (
+            f"Model({self.spec.name!r}, head={self.head!r}, input_shape={self.input_shape}, "
+            f"weights={self.weights_origin!r})"
+        )
 
     @property
     def backbone(self) -> Backbone:
@@ -102,7 +110,7 @@ class Model:
 
     def prepared_batches(self, x: Any, batch_size: int) -> Iterator[Any]:
         for i in range(0, len(x), batch_size):
-            yield self.prepare(x[i: i + batch_size])
+            yield self.prepare(x[i : i + batch_size])
 
     def _run(self, fn, x: Any, batch_size: int) -> np.ndarray:
         self.check(x)
@@ -184,7 +192,9 @@ def _swap_in(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _resolve_weights(spec: BackboneSpec, weights: Any) -> tuple[dict[str, np.ndarray] | None, str | None]:
+def _resolve_weights(
+    spec: BackboneSpec, weights: Any
+) -> tuple[dict[str, np.ndarray] | None, str | None]:
     if weights is None or weights is False:
         return None, None
     if weights is True or weights == PRETRAINED:
@@ -282,8 +292,9 @@ def load(path: str | Path, framework: str | None = None) -> Model:
         raise ModelDirError(f"model directory {str(path)!r} does not exist")
     for f in (cfg_file, w_file):
         if not f.is_file():
-            raise ModelDirError(f"{str(path)!r} is not a complete transferkit model: {f.name} "
-                                "is missing")
+            raise ModelDirError(
+                f"{str(path)!r} is not a complete transferkit model: {f.name} is missing"
+            )
     try:
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("format") != FORMAT:
@@ -323,8 +334,9 @@ def _realisation(cfg: dict[str, Any], framework: str) -> str:
     )
 
 
-def list_backbones(pattern: str | None = None, framework: str | None = None,
-                   tags: tuple[str, ...] = ()) -> list[BackboneSpec]:
+def list_backbones(
+    pattern: str | None = None, framework: str | None = None, tags: tuple[str, ...] = ()
+) -> list[BackboneSpec]:
     """Registered backbones from every installed plugin, filtered by a glob ``pattern``
     (on ``framework:name`` or the bare name), framework and tags. Imports no framework."""
     return registry().catalog.filter(pattern, framework, tags)

@@ -66,8 +66,9 @@ class Registry:
                 continue
             seen.add(ep.name)
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(ep.name, "loaded", ep.value,
-                              version=getattr(dist, "version", "") or "")
+            info = PluginInfo(
+                ep.name, "loaded", ep.value, version=getattr(dist, "version", "") or ""
+            )
             if allowed is not None and ep.name not in allowed:
                 info.status = "disabled"
                 info.error = f"not in {ALLOW_ENV}"
@@ -80,7 +81,9 @@ class Registry:
                 continue
             self.add(obj, ep.name, info)
 
-    def add(self, plugin: Any, name: str | None = None, info: PluginInfo | None = None) -> PluginInfo:
+    def add(
+        self, plugin: Any, name: str | None = None, info: PluginInfo | None = None
+    ) -> PluginInfo:
         """Register a plugin object and run its hooks; isolated from the others."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         info = info or PluginInfo(name, "loaded", "<registered>")

@@ -18,8 +18,13 @@ RECIPES = {
 }
 
 
-def pretrain(arch: str, framework: str = "torch", out: str | Path | None = None, seed: int = 0,
-             verbose: int | str = "auto") -> tuple[Path, dict[str, float]]:
+def pretrain(
+    arch: str,
+    framework: str = "torch",
+    out: str | Path | None = None,
+    seed: int = 0,
+    verbose: int | str = "auto",
+) -> tuple[Path, dict[str, float]]:
     """Train ``framework:arch`` on digits 0-4 and write its backbone weights.
 
     Returns the file written (default: the shipped file) and the held-out metrics.
@@ -31,12 +36,21 @@ def pretrain(arch: str, framework: str = "torch", out: str | Path | None = None,
     model = build(f"{framework}:{arch}", head=Classifier(5), weights=None, seed=seed)
     fit(model, train, val=held_out, seed=seed, verbose=verbose, **RECIPES[arch])
     scores = model.evaluate(held_out)
-    arrays = {k[len("backbone."):]: v for k, v in model.engine.get_weights().items()
-              if k.startswith("backbone.")}
+    arrays = {
+        k[len("backbone.") :]: v
+        for k, v in model.engine.get_weights().items()
+        if k.startswith("backbone.")
+    }
     path = Path(out) if out else HERE / f"{arch}.safetensors"
-    wio.save(arrays, path, {
-        "arch": arch, "source_task": "digits 0-4 (scikit-learn load_digits)",
-        "framework": framework, "seed": str(seed),
-        "held_out_accuracy": f"{scores['accuracy']:.4f}",
-    })
+    wio.save(
+        arrays,
+        path,
+        {
+            "arch": arch,
+            "source_task": "digits 0-4 (scikit-learn load_digits)",
+            "framework": framework,
+            "seed": str(seed),
+            "held_out_accuracy": f"{scores['accuracy']:.4f}",
+        },
+    )
     return path, scores

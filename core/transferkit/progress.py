@@ -8,8 +8,9 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, epochs: int, steps: int, verbose: int | str = "auto",
-                 stream: TextIO | None = None):
+    def __init__(
+        self, epochs: int, steps: int, verbose: int | str = "auto", stream: TextIO | None = None
+    ):
         self.stream = stream or sys.stderr
         if verbose == "auto":
             self.mode = "bar" if self.stream.isatty() else "lines"
@@ -36,7 +37,8 @@ class Progress:
         if self.mode == "none":
             return
         shown = "  ".join(
-            f"{k} {v:.4f}" for k, v in logs.items()
+            f"{k} {v:.4f}"
+            for k, v in logs.items()
             if k not in {"epoch", "time", "lr", "trainable_groups"} and isinstance(v, float)
         )
         end = "\r" if self.mode == "bar" else ""

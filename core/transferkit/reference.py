@@ -29,7 +29,9 @@ def _lite0_groups() -> tuple[tuple[str, tuple[str, ...]], ...]:
     groups: list[tuple[str, tuple[str, ...]]] = [("stem", ("_conv_stem", "_bn0"))]
     first = 0
     for i, (_, _, repeats, _, _) in enumerate(LITE0_BLOCKS):
-        groups.append((f"stage{i + 1}", tuple(f"_blocks.{b}" for b in range(first, first + repeats))))
+        groups.append(
+            (f"stage{i + 1}", tuple(f"_blocks.{b}" for b in range(first, first + repeats)))
+        )
         first += repeats
     groups.append(("head", ("_conv_head", "_bn1")))
     return tuple(groups)
@@ -44,34 +46,54 @@ def _shipped(arch: str) -> WeightSource:
 
 REFERENCE: dict[str, dict[str, Any]] = {
     "mlp": dict(
-        input_kind="image", input_shape=(8, 8, 1), feature_size=64,
+        input_kind="image",
+        input_shape=(8, 8, 1),
+        feature_size=64,
         groups=(("fc1", ("fc1",)), ("fc2", ("fc2",))),
-        weights=_shipped("mlp"), mean=(0.5,), std=(0.5,), tags=("small", "digits"),
+        weights=_shipped("mlp"),
+        mean=(0.5,),
+        std=(0.5,),
+        tags=("small", "digits"),
         description="2-layer MLP on flattened 8x8 grey images (64 features)",
         resizable=True,
     ),
     "cnn": dict(
-        input_kind="image", input_shape=(32, 32, 3), feature_size=128,
+        input_kind="image",
+        input_shape=(32, 32, 3),
+        feature_size=128,
         groups=tuple((f"stage{i}", (f"stage{i}",)) for i in range(1, 5)),
-        weights=_shipped("cnn"), mean=(0.5,), std=(0.5,), tags=("small", "digits"),
+        weights=_shipped("cnn"),
+        mean=(0.5,),
+        std=(0.5,),
+        tags=("small", "digits"),
         description="4-stage conv net (3x3 conv-BN-ReLU, global average pool; 128 features) "
-                    "for 8x8 to 64x64 images",
+        "for 8x8 to 64x64 images",
     ),
     "resnet18": dict(
-        input_kind="image", input_shape=(224, 224, 3), feature_size=512,
-        groups=(("stem", ("conv1", "bn1")),) + tuple((f"layer{i}", (f"layer{i}",))
-                                                     for i in range(1, 5)),
-        weights=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        tags=("resnet", "imagenet-architecture"), ignore_keys=("fc",),
+        input_kind="image",
+        input_shape=(224, 224, 3),
+        feature_size=512,
+        groups=(("stem", ("conv1", "bn1")),)
+        + tuple((f"layer{i}", (f"layer{i}",)) for i in range(1, 5)),
+        weights=None,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        tags=("resnet", "imagenet-architecture"),
+        ignore_keys=("fc",),
         description="ResNet-18 with torchvision's parameter names (512 features); a "
-                    "torchvision/timm ResNet-18 safetensors file loads unchanged",
+        "torchvision/timm ResNet-18 safetensors file loads unchanged",
     ),
     "efficientnet_lite0": dict(
-        input_kind="image", input_shape=(224, 224, 3), feature_size=1280,
-        groups=_lite0_groups(), mean=(0.5,), std=(0.5,),
-        tags=("efficientnet", "imagenet", "mobile"), ignore_keys=("_fc",),
+        input_kind="image",
+        input_shape=(224, 224, 3),
+        feature_size=1280,
+        groups=_lite0_groups(),
+        mean=(0.5,),
+        std=(0.5,),
+        tags=("efficientnet", "imagenet", "mobile"),
+        ignore_keys=("_fc",),
         description="EfficientNet-Lite0 (no SE, ReLU6, TF 'same' padding; 1280 features), "
-                    "ImageNet weights",
+        "ImageNet weights",
     ),
 }
 

@@ -25,8 +25,8 @@ from . import metrics
 from . import weights as wio
 from .data import Dataset, check_labels
 from .errors import ConfigError, ModelDirError, TrainingError
-from .freeze import FreezePolicy, FullFineTune
 from .framework import OptimizerSpec
+from .freeze import FreezePolicy, FullFineTune
 from .model import Model
 from .progress import Progress
 
@@ -88,8 +88,13 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; by default put
     back the best epoch's weights (Keras's ``restore_best_weights``)."""
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
-                 restore_best: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+    ):
         self.monitor, self.patience = monitor, patience
         self.min_delta, self.restore_best = min_delta, restore_best
         self.higher = metrics.HIGHER_IS_BETTER.get(monitor.removeprefix("val_"), False)
@@ -138,8 +143,9 @@ class TrainState:
     @staticmethod
     def check_target(path: Path) -> None:
         """Refuse to overwrite a directory that is not a training checkpoint."""
-        if path.exists() and (not path.is_dir() or (
-                any(path.iterdir()) and not (path / "state.json").is_file())):
+        if path.exists() and (
+            not path.is_dir() or (any(path.iterdir()) and not (path / "state.json").is_file())
+        ):
             raise ModelDirError(
                 f"checkpoint_dir {str(path)!r} exists and is not a training checkpoint "
                 "(a saved model, say); choose another directory"
@@ -153,10 +159,15 @@ class TrainState:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             wio.save(self.weights, tmp / "weights.safetensors")
-            wio.save(self.optimizer or {"_empty": np.zeros(0, np.float32)},
-                     tmp / "optimizer.safetensors")
-            meta = {"epoch": self.epoch, "step": self.step, "rng": self.rng,
-                    "history": self.history}
+            wio.save(
+                self.optimizer or {"_empty": np.zeros(0, np.float32)}, tmp / "optimizer.safetensors"
+            )
+            meta = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "rng": self.rng,
+                "history": self.history,
+            }
             (tmp / "state.json").write_text(json.dumps(meta, indent=2))
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             if path.exists():
@@ -174,8 +185,14 @@ class TrainState:
         meta = json.loads((path / "state.json").read_text())
         opt = wio.read(path / "optimizer.safetensors")
         opt.pop("_empty", None)
-        return cls(meta["epoch"], meta["step"], wio.read(path / "weights.safetensors"), opt,
-                   meta["rng"], meta["history"])
+        return cls(
+            meta["epoch"],
+            meta["step"],
+            wio.read(path / "weights.safetensors"),
+            opt,
+            meta["rng"],
+            meta["history"],
+        )
 
 
 class Trainer:
@@ -247,17 +264,25 @@ class Trainer:
 
     def state(self) -> TrainState:
         engine = self.model.engine
-        return TrainState(self.epoch, self.step, engine.get_weights(), engine.training_state(),
-                          self.rng.bit_generator.state, self.history.epochs)
+        return TrainState(
+            self.epoch,
+            self.step,
+            engine.get_weights(),
+            engine.training_state(),
+            self.rng.bit_generator.state,
+            self.history.epochs,
+        )
 
     def _inputs(self, data: Dataset, what: str) -> tuple[Any, np.ndarray]:
         self.model.check(data.x, f"{what}.x")
-        y = check_labels(data.y, len(data), self.model.head.task, self.model.head.outputs,
-                         f"{what}.y")
+        y = check_labels(
+            data.y, len(data), self.model.head.task, self.model.head.outputs, f"{what}.y"
+        )
         return data.x, y
 
-    def fit(self, train: Dataset, val: Dataset | None = None,
-            resume_from: str | Path | None = None) -> History:
+    def fit(
+        self, train: Dataset, val: Dataset | None = None, resume_from: str | Path | None = None
+    ) -> History:
         model, engine = self.model, self.model.engine
         # Every check runs before the framework does any work.
         x, y = self._inputs(train, "train")
@@ -300,10 +325,11 @@ class Trainer:
                 order = self.rng.permutation(n)
                 losses = []
                 for i in range(steps_per_epoch):
-                    idx = order[i * self.batch_size: (i + 1) * self.batch_size]
+                    idx = order[i * self.batch_size : (i + 1) * self.batch_size]
                     xb = self._batch(inputs, idx, cached)
-                    lr = learning_rate(self.step, total_steps, self.lr, self.schedule,
-                                       self.warmup_steps)
+                    lr = learning_rate(
+                        self.step, total_steps, self.lr, self.schedule, self.warmup_steps
+                    )
                     losses.append(engine.train_step(xb, y[idx], lr))
                     self.step += 1
                     progress.step(i)
@@ -313,15 +339,25 @@ class Trainer:
                         f"the training loss became {loss} in epoch {self.epoch + 1}; lower the "
                         f"learning rate (lr={self.lr}) or check the inputs"
                     )
-                logs: dict[str, Any] = {"epoch": self.epoch + 1, "loss": loss, "lr": lr,
-                                        "trainable_groups": sum(1 for v in plan.values() if v)}
+                logs: dict[str, Any] = {
+                    "epoch": self.epoch + 1,
+                    "loss": loss,
+                    "lr": lr,
+                    "trainable_groups": sum(1 for v in plan.values() if v),
+                }
                 if val_inputs is not None:
-                    outs = np.concatenate([
-                        np.asarray(predict_val(self._slice(val_inputs, i, cached)))
-                        for i in range(0, len(yv), 128)
-                    ])
-                    logs.update({f"val_{k}": v for k, v in
-                                 metrics.compute(model.head.task, outs, yv).items()})
+                    outs = np.concatenate(
+                        [
+                            np.asarray(predict_val(self._slice(val_inputs, i, cached)))
+                            for i in range(0, len(yv), 128)
+                        ]
+                    )
+                    logs.update(
+                        {
+                            f"val_{k}": v
+                            for k, v in metrics.compute(model.head.task, outs, yv).items()
+                        }
+                    )
                 logs["time"] = time.perf_counter() - t0
                 self.epoch += 1
                 self.history.append(logs)
@@ -347,10 +383,10 @@ class Trainer:
 
     def _slice(self, inputs: Any, start: int, cached: bool) -> Any:
         if cached:
-            return inputs[start: start + 128]
+            return inputs[start : start + 128]
         if isinstance(inputs, _Prepared):
-            return inputs.x[start: start + 128]
-        return self.model.prepare(inputs[start: start + 128])
+            return inputs.x[start : start + 128]
+        return self.model.prepare(inputs[start : start + 128])
 
     def _batch(self, inputs: Any, idx: np.ndarray, cached: bool) -> Any:
         if cached:

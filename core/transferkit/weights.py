@@ -12,8 +12,9 @@ import numpy as np
 from .errors import WeightsError
 
 
-def save(arrays: Mapping[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None
-         ) -> None:
+def save(
+    arrays: Mapping[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write arrays to a safetensors file atomically (a crash never leaves half a file)."""
     from safetensors.numpy import save_file
 
@@ -48,7 +49,9 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"weights file {str(path)!r} is corrupt or not safetensors: {e}") from None
+        raise WeightsError(
+            f"weights file {str(path)!r} is corrupt or not safetensors: {e}"
+        ) from None
 
 
 def match(
@@ -73,8 +76,11 @@ def match(
     )
     if missing or unexpected or wrong:
         parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected),
-                             ("shape mismatch", wrong)):
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", wrong),
+        ):
             if items:
                 more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:4])}{more}")

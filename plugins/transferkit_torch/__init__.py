@@ -41,6 +41,11 @@ def transferkit_register_frameworks(register):
 def transferkit_register_backbones(register):
     for arch in ("mlp", "cnn", "resnet18"):
         register(reference_spec("torch", arch, f"transferkit_torch.architectures:{arch}"))
-    register(reference_spec("torch", "efficientnet_lite0",
-                            "transferkit_torch.architectures:efficientnet_lite0",
-                            weights=LITE0_IMAGENET))
+    register(
+        reference_spec(
+            "torch",
+            "efficientnet_lite0",
+            "transferkit_torch.architectures:efficientnet_lite0",
+            weights=LITE0_IMAGENET,
+        )
+    )

@@ -87,8 +87,11 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         cin = 64
         for i, (cout, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
-            setattr(self, f"layer{i}",
-                    nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            setattr(
+                self,
+                f"layer{i}",
+                nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)),
+            )
             cin = cout
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from transferkit.reference import LITE0_BLOCKS
 
 if TYPE_CHECKING:

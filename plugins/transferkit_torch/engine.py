@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
 from transferkit.heads import DenseLayer
 
@@ -61,7 +62,8 @@ class TorchEngine(Engine):
         }
         # BatchNorm layers by layer group, to hold the frozen ones in inference mode.
         self._norms = [
-            (m, spec.group_of(f"{n}.weight")) for n, m in backbone.named_modules()
+            (m, spec.group_of(f"{n}.weight"))
+            for n, m in backbone.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
@@ -69,8 +71,7 @@ class TorchEngine(Engine):
 
     # --- weights -------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.native.state_dict().items()
-                if not k.endswith(_NOT_WEIGHTS)}
+        return {k: v for k, v in self.native.state_dict().items() if not k.endswith(_NOT_WEIGHTS)}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self._state().items()}
@@ -116,14 +117,17 @@ class TorchEngine(Engine):
         param_groups = [{"params": ps, "group": g, "mult": 1.0} for g, ps in groups.items()]
         o = optimizer
         if o.name == "adam":
-            self.optimizer = torch.optim.Adam(param_groups, betas=(o.beta1, o.beta2), eps=o.eps,
-                                              weight_decay=o.weight_decay)
+            self.optimizer = torch.optim.Adam(
+                param_groups, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+            )
         elif o.name == "adamw":
-            self.optimizer = torch.optim.AdamW(param_groups, betas=(o.beta1, o.beta2), eps=o.eps,
-                                               weight_decay=o.weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                param_groups, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+            )
         else:
-            self.optimizer = torch.optim.SGD(param_groups, momentum=o.momentum,
-                                             weight_decay=o.weight_decay)
+            self.optimizer = torch.optim.SGD(
+                param_groups, momentum=o.momentum, weight_decay=o.weight_decay
+            )
         self._param_name = {id(p): n for n, p in self._named.items()}
 
     def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
@@ -131,7 +135,8 @@ class TorchEngine(Engine):
         self.head_only = head_only
         for name, p in self._named.items():
             train = self.multiples[self._group_of[name]] > 0 and not (
-                head_only and not name.startswith("head."))
+                head_only and not name.startswith("head.")
+            )
             if not train and self.optimizer is not None:
                 self.optimizer.state.pop(p, None)  # frozen parameters hold no state
                 p.grad = None
@@ -155,8 +160,11 @@ class TorchEngine(Engine):
         inputs = torch.from_numpy(np.asarray(x, np.float32)) if self.head_only else _nchw(x)
         out = self.native.head(inputs) if self.head_only else self.native(inputs)
         target = torch.from_numpy(y)
-        loss = F.cross_entropy(out, target) if self.loss == "cross_entropy" else F.mse_loss(
-            out, target)
+        loss = (
+            F.cross_entropy(out, target)
+            if self.loss == "cross_entropy"
+            else F.mse_loss(out, target)
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -184,11 +192,13 @@ class TorchEngine(Engine):
             self.optimizer.state[self._named[name]][slot] = torch.from_numpy(np.array(value))
 
 
-def build_engine(spec: BackboneSpec, head: Head, input_shape: tuple[int, ...],
-                 seed: int) -> TorchEngine:
+def build_engine(
+    spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int
+) -> TorchEngine:
     torch.manual_seed(seed)
     backbone = spec.create(input_shape=input_shape)
     if not isinstance(backbone, nn.Module):
-        raise TypeError(f"factory of {spec.name!r} returned {type(backbone).__name__}, "
-                        "not a torch.nn.Module")
+        raise TypeError(
+            f"factory of {spec.name!r} returned {type(backbone).__name__}, not a torch.nn.Module"
+        )
     return TorchEngine(spec, backbone, head)

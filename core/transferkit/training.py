@@ -220,7 +220,7 @@ class Trainer:
     ):
         if not isinstance(model, Model):
             raise ConfigError(f"fit() needs a model from tk.build or tk.load, got {type(model)}")
-        if epochs < 1 or batch_size < 1 or lr <= 0:
+        if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
             raise ConfigError(
                 f"epochs ({epochs}) and batch_size ({batch_size}) must be >= 1 and lr ({lr}) > 0"
             )

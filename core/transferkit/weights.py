@@ -23,7 +23,11 @@ def save(
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
+        save_file(
+            {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()},
+            tmp,
+            metadata=metadata,
+        )
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private

@@ -20,10 +20,10 @@ class TorchFramework(Framework):
     requires = ("torch",)
     description = "PyTorch, eager"
 
-    def build(self, spec, head, input_shape, seed=0):
+    def build(self, spec, head, input_shape, seed=0, **options):
         from .engine import build_engine
 
-        return build_engine(spec, head, input_shape, seed)
+        return build_engine(spec, head, input_shape, seed, **options)
 
 
 @hookimpl

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
+from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
 
 _NOT_WEIGHTS = ("num_batches_tracked",)
@@ -193,8 +194,10 @@ class TorchEngine(Engine):
 
 
 def build_engine(
-    spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int
+    spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int, **options: Any
 ) -> TorchEngine:
+    if options:
+        raise ConfigError(f"unknown option(s) for the torch framework: {', '.join(options)}")
     torch.manual_seed(seed)
     backbone = spec.create(input_shape=input_shape)
     if not isinstance(backbone, nn.Module):

@@ -1,0 +1,42 @@
+"""transferkit's JAX/Flax adapter, registered through the ``transferkit`` entry point.
+
+Importing this module imports no jax: the framework and the backbones are registered
+as metadata; jax and flax are imported when a model is built.
+"""
+
+from __future__ import annotations
+
+from transferkit import hookimpl
+from transferkit.framework import Framework
+from transferkit.reference import REFERENCE, reference_spec
+
+
+class FlaxFramework(Framework):
+    """JAX with Flax (``flax.nnx``), ``jax.jit``-compiled steps and optax optimizers.
+
+    Backbone factories receive ``input_shape=(H, W, C)`` and ``rngs`` (an ``nnx.Rngs``)
+    and return an ``nnx.Module`` mapping normalised NHWC input to ``(N, feature_size)``.
+    Build option: ``data_parallel=True`` shards every batch over all local devices
+    through JAX's sharding (parameters replicated).
+    """
+
+    name = "flax"
+    extra = "jax"
+    requires = ("jax", "flax", "optax")
+    description = "JAX/Flax nnx, jax.jit"
+
+    def build(self, spec, head, input_shape, seed=0, **options):
+        from .engine import build_engine
+
+        return build_engine(spec, head, input_shape, seed, **options)
+
+
+@hookimpl
+def transferkit_register_frameworks(register):
+    register(FlaxFramework())
+
+
+@hookimpl
+def transferkit_register_backbones(register):
+    for arch in REFERENCE:
+        register(reference_spec("flax", arch, f"transferkit_flax.architectures:{arch}"))

@@ -1,0 +1,362 @@
+"""Flax (nnx) realisation of a backbone + head, and its ``jax.jit``-compiled steps.
+
+The model is split into (trainable params, frozen params, batch statistics); a train
+step is a pure function of them, compiled once per freeze plan and input shape. Only
+trainable parameters get gradients and optimizer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
+from transferkit.errors import ConfigError
+from transferkit.heads import DenseLayer
+
+# Flax leaf name -> canonical (PyTorch) leaf name
+_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+
+
+def to_canonical(value: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:  # HWIO -> OIHW
+        return value.transpose(3, 2, 0, 1)
+    if leaf == "kernel" and value.ndim == 2:  # (in, out) -> (out, in)
+        return value.T
+    return value
+
+
+def from_canonical(value: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:  # OIHW -> HWIO (depthwise (C,1,k,k) -> (k,k,1,C))
+        return value.transpose(2, 3, 1, 0)
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+class FlaxHead(nnx.Module):
+    """Dense head with canonical names ``hidden.<i>`` and ``out``; dropout takes a key."""
+
+    def __init__(self, layers: list[DenseLayer], rngs: nnx.Rngs) -> None:
+        self.rates = tuple(d.dropout for d in layers)
+        self.hidden = nnx.List(
+            [nnx.Linear(d.in_features, d.out_features, rngs=rngs) for d in layers[:-1]]
+        )
+        self.out = nnx.Linear(layers[-1].in_features, layers[-1].out_features, rngs=rngs)
+
+    def _drop(self, x: jax.Array, rate: float, key: jax.Array | None, i: int) -> jax.Array:
+        if key is None or rate == 0.0:
+            return x
+        keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        for i, layer in enumerate(self.hidden):
+            x = nnx.relu(layer(self._drop(x, self.rates[i], key, i)))
+        return self.out(self._drop(x, self.rates[-1], key, len(self.rates)))
+
+
+class FlaxModel(nnx.Module):
+    def __init__(self, backbone: nnx.Module, head: FlaxHead) -> None:
+        self.backbone = backbone
+        self.head = head
+
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        return self.head(self.backbone(x), key)
+
+
+def _loss(kind: str, out: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+    if kind == "cross_entropy":
+        per = optax.softmax_cross_entropy_with_integer_labels(out, y)
+    else:
+        per = jnp.mean((out - y) ** 2, axis=-1)
+    return jnp.sum(per * w) / jnp.sum(w)
+
+
+def _transform(o: OptimizerSpec) -> optax.GradientTransformation:
+    """The update direction; the (scheduled, per-group) learning rate is applied after."""
+    if o.name == "adam":  # L2 added to the gradient, as torch.optim.Adam
+        parts = [optax.add_decayed_weights(o.weight_decay)] if o.weight_decay else []
+        return optax.chain(*parts, optax.scale_by_adam(o.beta1, o.beta2, o.eps))
+    if o.name == "adamw":  # decoupled, as torch.optim.AdamW
+        parts = [optax.add_decayed_weights(o.weight_decay)] if o.weight_decay else []
+        return optax.chain(optax.scale_by_adam(o.beta1, o.beta2, o.eps), *parts)
+    parts = [optax.add_decayed_weights(o.weight_decay)] if o.weight_decay else []
+    return optax.chain(*parts, optax.trace(decay=o.momentum))
+
+
+def _name(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _keystr_leaves(tree: Any) -> dict[str, Any]:
+    return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class FlaxEngine(Engine):
+    def __init__(
+        self, spec: BackboneSpec, model: FlaxModel, head: Head, data_parallel: bool = False
+    ) -> None:
+        self.spec = spec
+        self.native = model
+        self.backbone = model.backbone
+        self.loss = head.loss
+        self._norms = self._find_norms()
+        self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
+        self.head_only = False
+        self.mesh = None
+        if data_parallel:
+            self.mesh = Mesh(np.array(jax.devices()), ("data",))
+        self._eval_cache: tuple | None = None
+        self._train: dict[str, Any] | None = None
+        self._tx = None
+        self._pending_opt: dict[str, np.ndarray] | None = None
+        self._key = jax.random.key(0)
+
+    def _find_norms(self) -> list[tuple[nnx.BatchNorm, str]]:
+        norms = []
+        for path, m in nnx.iter_graph(self.native.backbone):
+            if isinstance(m, nnx.BatchNorm):
+                norms.append((m, self.spec.group_of(_name(path) + ".weight")))
+        return norms
+
+    # --- sync between the split training state and the module -------------------------
+    def _sync(self) -> None:
+        """Write the training state back into the module (after steps)."""
+        if self._train is not None and self._train["dirty"]:
+            t = self._train
+            nnx.update(self.native, t["tr"], t["fr"], t["st"])
+            t["dirty"] = False
+            self._eval_cache = None
+
+    def _eval_state(self) -> tuple:
+        self._sync()
+        if self._eval_cache is None:
+            for m, _ in self._norms:
+                m.use_running_average = True
+            graph, params, stats = nnx.split(self.native, nnx.Param, nnx.BatchStat)
+            if self.mesh is not None:
+                params, stats = self._replicate((params, stats))
+            self._eval_cache = (graph, params, stats)
+        return self._eval_cache
+
+    # --- weights ----------------------------------------------------------------------
+    def _flat(self) -> list[tuple[str, Any, str]]:
+        """(canonical name, live variable, flax leaf name) for every weight."""
+        out = []
+        for state in nnx.state(self.native, nnx.Param, nnx.BatchStat):
+            for path, var in nnx.to_flat_state(state):
+                leaf = str(path[-1])
+                out.append((_name(path[:-1]) + "." + _LEAF[leaf], var, leaf))
+        return out
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        self._sync()
+        return {
+            name: _canonical_shape(var.get_value().shape, leaf) for name, var, leaf in self._flat()
+        }
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        self._sync()
+        return {
+            name: np.array(to_canonical(np.asarray(var.get_value()), leaf), np.float32)
+            for name, var, leaf in self._flat()
+        }
+
+    def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self._sync()
+        for name, var, leaf in self._flat():
+            if name in arrays:
+                var.set_value(jnp.asarray(from_canonical(np.asarray(arrays[name]), leaf)))
+        self._eval_cache = None
+        if self._train is not None:  # re-split so training continues from these weights
+            self._split_for_training()
+
+    # --- inference --------------------------------------------------------------------
+    def _put(self, x: np.ndarray) -> tuple[jax.Array, int]:
+        n = len(x)
+        if self.mesh is None:
+            return jnp.asarray(x), n
+        ndev = self.mesh.size
+        pad = (-n) % ndev
+        if pad:
+            x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
+        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec("data"))), n
+
+    def _replicate(self, tree: Any) -> Any:
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        graph, params, stats = self._eval_state()
+        xb, n = self._put(np.asarray(x, np.float32))
+        return np.asarray(_features(graph, params, stats, xb))[:n]
+
+    def head_predict(self, f: np.ndarray) -> np.ndarray:
+        graph, params, stats = self._eval_state()
+        fb, n = self._put(np.asarray(f, np.float32))
+        return np.asarray(_head(graph, params, stats, fb))[:n]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        graph, params, stats = self._eval_state()
+        xb, n = self._put(np.asarray(x, np.float32))
+        return np.asarray(_predict(graph, params, stats, xb))[:n]
+
+    # --- training ---------------------------------------------------------------------
+    def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
+        self._tx = _transform(optimizer)
+        self._key = jax.random.key(seed)
+        self._train = None
+        self._pending_opt = None
+
+    def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
+        self._sync()
+        old = self._train
+        self.multiples = {**dict(multiples), "head": 1.0}
+        self.head_only = head_only
+        opt_leaves = _keystr_leaves(old["opt"]) if old is not None else self._pending_opt
+        self._pending_opt = None
+        self._split_for_training(opt_leaves)
+
+    def _group(self, path: tuple) -> str:
+        if path[0] == "head":
+            return "head"
+        return self.spec.group_of(_name(path[1:-1]) + "." + _LEAF[str(path[-1])])
+
+    def _split_for_training(self, opt_leaves: dict[str, Any] | None = None) -> None:
+        if opt_leaves is None and self._train is not None:
+            opt_leaves = _keystr_leaves(self._train["opt"])
+
+        def trainable(path, _value) -> bool:
+            group = self._group(path)
+            return self.multiples[group] > 0 and not (self.head_only and group != "head")
+
+        for m, group in self._norms:  # frozen BatchNorm uses its running statistics
+            m.use_running_average = self.head_only or self.multiples[group] == 0
+        graph, tr, fr, st = nnx.split(
+            self.native, nnx.All(nnx.Param, trainable), nnx.Param, nnx.BatchStat
+        )
+        mults = jax.tree_util.tree_map_with_path(
+            lambda p, _: self.multiples[self._group(tuple(k.key for k in p if hasattr(k, "key")))],
+            tr,
+        )
+        opt = self._tx.init(tr)
+        if opt_leaves:  # keep the state of parameters that stay trainable
+            opt = jax.tree_util.tree_map_with_path(
+                lambda p, v: (
+                    jnp.asarray(opt_leaves[k]).reshape(v.shape)
+                    if (k := jax.tree_util.keystr(p)) in opt_leaves
+                    and np.shape(opt_leaves[k]) == np.shape(v)
+                    else v
+                ),
+                opt,
+            )
+        if self.mesh is not None:
+            tr, fr, st, opt = self._replicate((tr, fr, st, opt))
+        step = _make_step(graph, self._tx, self.loss, mults, self.head_only)
+        self._train = {"tr": tr, "fr": fr, "st": st, "opt": opt, "step": step, "dirty": False}
+        self._eval_cache = None
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
+        t = self._train
+        xb, n = self._put(np.asarray(x, np.float32))
+        yb, _ = self._put(np.asarray(y))
+        w = np.zeros(len(xb), np.float32)
+        w[:n] = 1.0
+        wb, _ = self._put(w) if self.mesh is not None else (jnp.asarray(w), n)
+        t["tr"], t["st"], t["opt"], self._key, loss = t["step"](
+            t["tr"], t["fr"], t["st"], t["opt"], xb, yb, wb, jnp.float32(lr), self._key
+        )
+        t["dirty"] = True
+        return loss
+
+    def end_training(self) -> None:
+        self._sync()
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        state = {"rng.jax": np.asarray(jax.random.key_data(self._key))}
+        if self._train is not None:
+            for k, v in _keystr_leaves(self._train["opt"]).items():
+                state[f"opt.{k}"] = np.asarray(v)
+        return state
+
+    def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if "rng.jax" in state:
+            self._key = jax.random.wrap_key_data(jnp.asarray(state["rng.jax"]))
+        self._pending_opt = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+
+
+def _canonical_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    if leaf == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if leaf == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+@partial(jax.jit, static_argnums=0)
+def _features(graph, params, stats, x):
+    return nnx.merge(graph, params, stats, copy=True).backbone(x)
+
+
+@partial(jax.jit, static_argnums=0)
+def _head(graph, params, stats, f):
+    return nnx.merge(graph, params, stats, copy=True).head(f)
+
+
+@partial(jax.jit, static_argnums=0)
+def _predict(graph, params, stats, x):
+    return nnx.merge(graph, params, stats, copy=True)(x)
+
+
+def _make_step(graph, tx, loss_kind: str, mults, head_only: bool):
+    def step(tr, fr, st, opt, x, y, w, lr, key):
+        key, sub = jax.random.split(key)
+
+        def loss_fn(tr, st):
+            model = nnx.merge(graph, tr, fr, st, copy=True)
+            out = model.head(x, sub) if head_only else model(x, sub)
+            return _loss(loss_kind, out, y, w), nnx.state(model, nnx.BatchStat)
+
+        (loss, st), grads = jax.value_and_grad(loss_fn, has_aux=True)(tr, st)
+        updates, opt = tx.update(grads, opt, tr)
+        tr = jax.tree.map(lambda p, u, m: p - (lr * m) * u, tr, updates, mults)
+        return tr, st, opt, key, loss
+
+    return jax.jit(step, donate_argnums=(0, 2, 3))
+
+
+def build_engine(
+    spec: BackboneSpec,
+    head: Head,
+    input_shape: tuple[int, ...],
+    seed: int,
+    data_parallel: bool = False,
+    **options: Any,
+) -> FlaxEngine:
+    if options:
+        raise ConfigError(
+            f"unknown option(s) for the flax framework: {', '.join(options)}; "
+            "it takes data_parallel=True|False"
+        )
+    rngs = nnx.Rngs(seed)
+    backbone = spec.create(input_shape=input_shape, rngs=rngs)
+    if not isinstance(backbone, nnx.Module):
+        raise TypeError(
+            f"factory of {spec.name!r} returned {type(backbone).__name__}, not a flax.nnx.Module"
+        )
+    model = FlaxModel(backbone, FlaxHead(head.dense_layers(spec.feature_size), rngs))
+    return FlaxEngine(spec, model, head, data_parallel)

@@ -67,9 +67,9 @@ class BasicBlock(nnx.Module):
         self.bn1 = _bn(cout, rngs)
         self.conv2 = nnx.Conv(cout, cout, (3, 3), padding=P1, use_bias=False, rngs=rngs)
         self.bn2 = _bn(cout, rngs)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nnx.List(
+        needs_projection = stride != 1 or cin != cout
+        self.downsample = (
+            nnx.List(
                 [
                     nnx.Conv(
                         cin,
@@ -83,6 +83,9 @@ class BasicBlock(nnx.Module):
                     _bn(cout, rngs),
                 ]
             )
+            if needs_projection
+            else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out = nnx.relu(self.bn1(self.conv1(x)))

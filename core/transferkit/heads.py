@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .errors import ConfigError
 
 
@@ -52,6 +54,21 @@ class Head:
             width = h
         layers.append(DenseLayer("out", width, self.outputs, None, self.dropout))
         return layers
+
+    def initial_weights(self, feature_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Seeded initial weights in canonical names and layout, the same in every
+        framework: uniform in +-1/sqrt(fan_in), as PyTorch's ``nn.Linear``."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for d in self.dense_layers(feature_size):
+            bound = 1.0 / np.sqrt(d.in_features)
+            out[f"head.{d.name}.weight"] = rng.uniform(
+                -bound, bound, (d.out_features, d.in_features)
+            ).astype(np.float32)
+            out[f"head.{d.name}.bias"] = rng.uniform(-bound, bound, d.out_features).astype(
+                np.float32
+            )
+        return out
 
     def to_config(self) -> dict[str, Any]:
         cfg = asdict(self)

@@ -250,6 +250,9 @@ def build(
     framework.ensure_installed()
     arrays, origin = _resolve_weights(spec, weights)  # read before any framework import
     engine = framework.build(spec, head, shape, seed, **options)
+    # The head starts from the same numbers in every framework, so that runs compare
+    # frameworks, not initialisations.
+    engine.set_weights(head.initial_weights(spec.feature_size, seed))
     model = Model(spec, head, framework, engine, shape, classes, origin)
     if arrays is not None:
         if any(k.startswith("backbone.") for k in arrays):

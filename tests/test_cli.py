@@ -14,9 +14,10 @@ def test_backbones_and_plugins(capsys):
     assert main(["backbones", "torch:*"]) == 0
     out = capsys.readouterr().out
     assert "torch:efficientnet_lite0" in out and "ImageNet" in out
-    assert main(["backbones", "--json", "cnn"]) == 0
+    assert main(["backbones", "--json", "torch:cnn"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["name"] == "torch:cnn" and listed[0]["groups"][0] == "stage1"
+    assert len(listed) == 1
     assert main(["plugins"]) == 0
     assert "torch" in capsys.readouterr().out
 

@@ -60,11 +60,22 @@ class Registry:
     def load_entry_points(self) -> None:
         allow = os.environ.get(ALLOW_ENV)
         allowed = {a.strip() for a in allow.split(",") if a.strip()} if allow else None
-        seen = set()
-        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-            if ep.name in seen:  # the same distribution found twice on sys.path
+        seen: dict[str, str] = {}
+        def key(ep):  # deterministic order, also between two claimants of one name
+            return ep.name, getattr(getattr(ep, "dist", None), "name", "?")
+
+        for ep in sorted(entry_points(group=GROUP), key=key):
+            dist_name = key(ep)[1]
+            if ep.name in seen:
+                # Two distributions claim one plugin name: neither silently wins.
+                self._fail(
+                    PluginInfo(f"{ep.name} ({dist_name})", "failed", ep.value),
+                    PluginError(
+                        f"plugin name {ep.name!r} is already used by distribution {seen[ep.name]!r}"
+                    ),
+                )
                 continue
-            seen.add(ep.name)
+            seen[ep.name] = dist_name
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
                 ep.name, "loaded", ep.value, version=getattr(dist, "version", "") or ""

@@ -86,6 +86,7 @@ class BackboneSpec:
     description: str = ""
     resizable: bool = True
     ignore_keys: tuple[str, ...] = ()
+    loads_pretrained: bool = False
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class BackboneSpec:
 
     @property
     def pretrained(self) -> bool:
-        return self.weights is not None
+        return self.weights is not None or self.loads_pretrained
 
     def create(self, **kwargs: Any) -> Any:
         """Call the factory (this is where the framework gets imported)."""

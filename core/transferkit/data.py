@@ -177,6 +177,57 @@ def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datas
     return Dataset(np.stack(xs), np.array(ys, dtype=np.int64), classes, name=root.name)
 
 
+def read_table(
+    path: str | Path, text: str = "text", label: str = "label", classes: Sequence[str] | None = None
+) -> Dataset:
+    """Texts and labels from a CSV or JSONL file (one object per line).
+
+    Labels may be class names (mapped to indices in sorted order, or in the order of
+    ``classes``) or integers.
+    """
+    import csv
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmptyDataError(f"{str(path)!r} does not exist")
+    rows: list[dict[str, Any]]
+    if path.suffix.lower() in {".jsonl", ".ndjson"}:
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise InputDTypeError(f"{str(path)!r} is not valid JSONL: {e}") from None
+    else:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    if not rows:
+        raise EmptyDataError(f"{str(path)!r} holds no rows")
+    for col in (text, label):
+        if col not in rows[0]:
+            raise LabelError(
+                f"{str(path)!r} has no column {col!r} (columns: {', '.join(map(str, rows[0]))}); "
+                f"pass text=... and label=... to name them"
+            )
+    texts = [r.get(text) for r in rows]
+    raw = [r.get(label) for r in rows]
+    if (
+        all(
+            isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+            for v in raw
+        )
+        and classes is None
+    ):
+        y = np.array([int(v) for v in raw], dtype=np.int64)
+        names = None
+    else:
+        names = list(classes) if classes is not None else sorted({str(v) for v in raw})
+        unknown = sorted({str(v) for v in raw} - set(names))
+        if unknown:
+            raise LabelError(f"labels {unknown[:5]} are not in classes {names}")
+        y = np.array([names.index(str(v)) for v in raw], dtype=np.int64)
+    return Dataset(texts, y, names, name=path.stem)
+
+
 def load_npz(path: str | Path) -> Dataset:
     """Load ``x``, ``y`` (and optional ``classes``) arrays from an ``.npz`` file."""
     with np.load(path, allow_pickle=False) as f:
@@ -194,9 +245,11 @@ def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:
         return image_folder(p, size=size)
     if p.suffix == ".npz" and p.is_file():
         return load_npz(p)
+    if p.suffix.lower() in {".csv", ".jsonl", ".ndjson"} and p.is_file():
+        return read_table(p)
     raise EmptyDataError(
-        f"cannot load data from {str(p)!r}: expected an image folder (root/<class>/*.png) "
-        "or an .npz file with arrays x and y"
+        f"cannot load data from {str(p)!r}: expected an image folder (root/<class>/*.png), "
+        "an .npz file with arrays x and y, or a .csv/.jsonl file with text and label columns"
     )
 
 
@@ -209,7 +262,15 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
         if isinstance(x, str) or not isinstance(x, (list, tuple, np.ndarray)):
             raise InputDTypeError(f"{what} must be a list of strings, got {type(x).__name__}")
         if len(x) == 0:
-            raise EmptyDataError(f"{what} is empty")
+            raise EmptyDataError(f"{what} is empty (0 texts)")
+        for i, t in enumerate(x):
+            if not isinstance(t, str):
+                raise InputDTypeError(
+                    f"{what}[{i}] is {type(t).__name__} {t!r:.40}, not a string; every input "
+                    "of a text backbone must be a str"
+                )
+            if not t.strip():
+                raise EmptyDataError(f"{what}[{i}] is an empty string; drop it or give it text")
         return
     if isinstance(x, (list, tuple)):
         x = np.asarray(x)

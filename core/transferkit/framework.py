@@ -19,6 +19,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,23 @@ class Engine(ABC):
     @abstractmethod
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what ``training_state`` returned (after ``start_training``)."""
+
+    # --- optional ------------------------------------------------------------------
+    def add_adapter(self, adapter: Mapping[str, Any]) -> None:
+        """Insert trainable adapters (``{"kind": "lora", ...}``, see ``tk.freeze.LoRA``)
+        into the frozen backbone. Their parameters form the layer group ``"adapter"``."""
+        raise ConfigError(
+            f"{type(self).__name__} does not support {adapter.get('kind')!r} adapters"
+        )
+
+    def save_assets(self, path: Path) -> None:
+        """Write what rebuilding this backbone needs besides weights (a tokenizer and
+        model configuration, say) into ``path``; it comes back as ``build(assets=path)``."""
+        return None  # most backbones are rebuilt from their name alone
+
+    def options(self) -> dict[str, Any]:
+        """Build options to record in a saved model, passed back to ``build`` on load."""
+        return {}
 
 
 class Framework(ABC):

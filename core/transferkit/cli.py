@@ -232,6 +232,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    doc = bench.run(
+        args.suite,
+        out=args.out,
+        quick=args.quick,
+        frameworks=args.frameworks.split(",") if args.frameworks else None,
+        backbones=args.backbones.split(",") if args.backbones else None,
+        timeout_s=args.timeout,
+        steps=args.steps,
+        command=" ".join(
+            ["transferkit bench"]
+            + [
+                f"--{k} {v}" if v is not True else f"--{k}"
+                for k, v in vars(args).items()
+                if k not in ("command", "func") and v not in (None, False)
+            ]
+        ),
+    )
+    print(bench.markdown(doc))
+    print(f"results in {args.out}/ (bench.json, bench.md, bench_*.png)", file=sys.stderr)
+    return 0 if doc["summary"]["status_counts"].get("ok") else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="transferkit",
@@ -302,6 +327,16 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", help="output file (default: the file shipped in the package)")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=_pretrain)
+
+    bn = sub.add_parser("bench", help="benchmark one transfer task across frameworks")
+    bn.add_argument("--suite", default="default", help="suite name or .toml path")
+    bn.add_argument("--quick", action="store_true", help="the reduced suite (< 3 min)")
+    bn.add_argument("--out", default="bench-out", help="directory for bench.json/.md/.png")
+    bn.add_argument("--frameworks", help="keep these (comma-separated globs: torch,keras*)")
+    bn.add_argument("--backbones", help="keep these (comma-separated globs: cnn,torch:mlp)")
+    bn.add_argument("--timeout", type=float, help="seconds per case part (suite default)")
+    bn.add_argument("--steps", type=int, help="timed steps per case (suite default)")
+    bn.set_defaults(func=_bench)
     return p
 
 

@@ -76,3 +76,18 @@ class ModelDirError(TransferkitError):
 
 class TrainingError(TransferkitError):
     """Training that cannot go on (for example a loss that became NaN)."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside transferkit and its
+    plugins, so the warning points at the user's line, not at library internals."""
+    import sys
+    import warnings
+
+    # the outermost transferkit frame (framework code may sit between ours), then its caller
+    level, outermost, frame = 1, 1, sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("transferkit"):
+            outermost = level
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=outermost + 2)

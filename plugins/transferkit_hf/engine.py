@@ -4,7 +4,6 @@ memo so a frozen encoder embeds each text once."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from transferkit import BackboneSpec, Head
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, warn
 from transferkit_torch.engine import TorchEngine
 
 from .encoder import HFEncoder
@@ -37,10 +36,9 @@ class HFEngine(TorchEngine):
             return_tensors="pt",
         )
         if not self._warned and any(e.overflowing for e in (enc.encodings or [])):
-            warnings.warn(
+            warn(
                 f"some texts are longer than max_length={self.max_length} tokens and were "
-                "truncated (shown once); build with input_shape=(N,) to change the limit",
-                stacklevel=4,
+                "truncated (shown once); build with input_shape=(N,) to change the limit"
             )
             self._warned = True
         return dict(enc)
@@ -56,21 +54,22 @@ class HFEngine(TorchEngine):
         # Inference is deterministic: reuse the memoised features of texts seen before.
         return self.head_predict(self.features(x))
 
-    def _forget(self) -> None:
+    def clear_feature_memo(self) -> None:
+        """Drop the memoised features (done by itself whenever the encoder changes)."""
         self._memo.clear()
 
     def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
         super().set_weights(arrays)
         if any(k.startswith("backbone.") for k in arrays):
-            self._forget()
+            self.clear_feature_memo()
 
     def add_adapter(self, adapter: Mapping[str, Any]) -> None:
         super().add_adapter(adapter)
-        self._forget()
+        self.clear_feature_memo()
 
     def train_step(self, x: Any, y: np.ndarray, lr: float) -> Any:
         if not self.head_only:
-            self._forget()  # the encoder (or its adapters) may change
+            self.clear_feature_memo()  # the encoder (or its adapters) may change
         return super().train_step(x, y, lr)
 
     def save_assets(self, path: Path) -> None:

@@ -178,6 +178,13 @@ class Framework(ABC):
         model wrote with :meth:`Engine.save_assets`. ``None``: no such backbone."""
         return None
 
+    def specialise(self, spec: BackboneSpec, input_shape: tuple[int, ...]) -> BackboneSpec:
+        """The spec of this backbone at ``input_shape``: a copy with another
+        ``feature_size`` where features depend on the input size (flattened feature maps,
+        say), or an :class:`~transferkit.errors.InputShapeError` for a size the backbone
+        cannot take. Called before ``build``; must not import the framework."""
+        return spec
+
     @abstractmethod
     def build(
         self,

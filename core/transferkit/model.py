@@ -279,6 +279,7 @@ def build(
     shape = _input_shape(spec, input_shape)
     framework = registry().framework(spec.framework)
     framework.ensure_installed()
+    spec = framework.specialise(spec, shape)
     if spec.loads_pretrained:  # the framework's own loading code reads the checkpoint
         options["pretrained"] = weights is True or weights == PRETRAINED
         if options["pretrained"]:

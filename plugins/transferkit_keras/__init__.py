@@ -1,0 +1,80 @@
+"""transferkit's Keras 3 adapter, registered through the ``transferkit`` entry point.
+
+Importing this module imports no keras: the framework and the backbones (the reference
+architectures and every ``keras.applications`` model) are registered as metadata; keras
+is imported when a model is built. The Keras backend is Keras's own choice
+(``KERAS_BACKEND=tensorflow|jax|torch``, fixed per process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transferkit import hookimpl
+from transferkit.framework import Framework
+from transferkit.reference import REFERENCE, reference_spec
+
+from .applications import APPLICATIONS, application_spec, specialise
+
+_BACKEND_MODULE = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
+def keras_backend() -> str:
+    """The backend Keras will use, found as Keras finds it, without importing keras."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or str(Path.home() / ".keras")
+    try:
+        return json.loads((Path(home) / "keras.json").read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+class KerasFramework(Framework):
+    """Keras 3 on its configured backend (tensorflow, jax or torch), Keras's compiled
+    train steps (``jit_compile`` under tensorflow and jax).
+
+    Backbone factories receive ``input_shape=(H, W, C)`` (and the build options the spec
+    lists) and return a ``keras.Model`` mapping normalised NHWC input to
+    ``(N, feature_size)``; layer names are canonical names with ``-`` for ``.``.
+    Build options of ``keras.applications`` backbones: ``weights_file="path.h5"`` (a Keras
+    weights file on disk, instead of Keras's download cache).
+    """
+
+    name = "keras"
+    extra = "keras"
+    requires = ("keras",)
+    description = "Keras 3 (tensorflow, jax or torch backend), compiled Keras steps"
+
+    def missing(self) -> list[str]:
+        missing = super().missing()
+        backend = _BACKEND_MODULE.get(keras_backend())
+        if backend and not missing and backend not in self.requires:
+            import importlib.util
+
+            if importlib.util.find_spec(backend) is None:
+                missing.append(backend)
+        return missing
+
+    def specialise(self, spec, input_shape):
+        return specialise(spec, input_shape)
+
+    def build(self, spec, head, input_shape, seed=0, **options):
+        from .engine import build_engine
+
+        return build_engine(spec, head, input_shape, seed, **options)
+
+
+@hookimpl
+def transferkit_register_frameworks(register):
+    register(KerasFramework())
+
+
+@hookimpl
+def transferkit_register_backbones(register):
+    for arch in REFERENCE:
+        register(reference_spec("keras", arch, f"transferkit_keras.architectures:{arch}"))
+    for name in APPLICATIONS:
+        register(application_spec(name))

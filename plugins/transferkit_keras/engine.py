@@ -1,0 +1,376 @@
+"""Keras 3 realisation of a backbone + head, trained with Keras's own compiled steps.
+
+The model is a functional ``keras.Model`` (backbone, then head). A freeze plan is applied
+the Keras way: ``layer.trainable`` per layer group, then ``compile``; Keras's trainer for
+the active backend (tensorflow, jax or torch) supplies the step, compiled with
+``jit_compile`` where the backend allows (XLA under tensorflow and jax). Compiling
+happens in ``set_plan`` only, so the step is rebuilt when the trainable set changes and
+at no other time. The learning rate is a variable set before each step.
+
+Canonical names come from layer names (``-`` stands for ``.``), weights in PyTorch's
+layout: convolutions HWIO <-> OIHW, depthwise ``(k, k, C, 1)`` <-> ``(C, 1, k, k)``,
+dense kernels transposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
+from transferkit.errors import ConfigError
+from transferkit.heads import DenseLayer
+
+# Keras variable name -> canonical (PyTorch) leaf name
+_LEAF = {
+    "kernel": "weight",
+    "gamma": "weight",
+    "beta": "bias",
+    "bias": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+# Layers that behave differently in training: held in inference mode when frozen.
+_MODAL = (layers.BatchNormalization, layers.Dropout)
+
+
+def to_canonical(value: np.ndarray, leaf: str, depthwise: bool) -> np.ndarray:
+    if leaf == "kernel" and value.ndim == 4:
+        if depthwise:  # (k, k, C, m) -> (C*m, 1, k, k)
+            k1, k2, c, m = value.shape
+            return value.transpose(2, 3, 0, 1).reshape(c * m, 1, k1, k2)
+        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    if leaf == "kernel" and value.ndim == 2:  # (in, out) -> (out, in)
+        return value.T
+    return value
+
+
+def from_canonical(value: np.ndarray, leaf: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Canonical array -> the Keras layout of a variable of ``shape``."""
+    if leaf == "kernel" and value.ndim == 4:
+        if value.shape[1] == 1 and shape[3] * shape[2] == value.shape[0] and shape[2] != 1:
+            k1, k2, c, m = shape  # depthwise
+            return value.reshape(c, m, k1, k2).transpose(2, 3, 0, 1)
+        return value.transpose(2, 3, 1, 0)
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def canonical_prefix(layer: layers.Layer) -> str:
+    return layer.name.replace("-", ".")
+
+
+def leaf_layers(model: layers.Layer) -> list[layers.Layer]:
+    """The model's layers, nested models flattened, input to output."""
+    out = []
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers") and isinstance(layer, keras.Model):
+            out.extend(leaf_layers(layer))
+        elif not isinstance(layer, layers.InputLayer):
+            out.append(layer)
+    return out
+
+
+class Weight:
+    """One Keras variable under its canonical name; ``group`` is None for the head (a
+    backbone may have a layer group called "head")."""
+
+    __slots__ = ("name", "var", "leaf", "depthwise", "group")
+
+    def __init__(self, name: str, var: Any, leaf: str, depthwise: bool, group: str | None) -> None:
+        self.name, self.var, self.leaf, self.depthwise, self.group = (
+            name,
+            var,
+            leaf,
+            depthwise,
+            group,
+        )
+
+    def canonical_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.var.shape)
+        if self.leaf == "kernel" and len(shape) == 4:
+            if self.depthwise:
+                return (shape[2] * shape[3], 1, shape[0], shape[1])
+            return (shape[3], shape[2], shape[0], shape[1])
+        if self.leaf == "kernel" and len(shape) == 2:
+            return (shape[1], shape[0])
+        return shape
+
+    def get(self) -> np.ndarray:
+        value = ops.convert_to_numpy(self.var.value)
+        return np.array(to_canonical(value, self.leaf, self.depthwise), np.float32)
+
+    def set(self, value: np.ndarray) -> None:
+        value = from_canonical(np.asarray(value), self.leaf, tuple(self.var.shape))
+        self.var.assign(np.asarray(value, dtype=self.var.dtype).reshape(self.var.shape))
+
+
+def _inference_call(bound_call):
+    def call(*args, training=None, **kwargs):
+        return bound_call(*args, training=False, **kwargs)
+
+    return call
+
+
+def pin_inference(layer: layers.Layer, pinned: bool) -> None:
+    """Hold a BatchNorm/Dropout layer in inference mode whatever ``training`` says (the
+    Keras transfer-learning guide's ``base_model(x, training=False)``, per layer)."""
+    if pinned and "call" not in layer.__dict__:
+        layer.__dict__["call"] = _inference_call(type(layer).call.__get__(layer))
+    elif not pinned:
+        layer.__dict__.pop("call", None)
+
+
+class TorchRuleOptimizer(keras.optimizers.Optimizer):
+    """Adam / AdamW / SGD with PyTorch's semantics (the ``OptimizerSpec`` contract), a
+    per-variable learning-rate multiple (the freeze plan's layer-wise rates) and a
+    per-variable step count, so that a variable that joins later starts its own bias
+    correction, as in PyTorch."""
+
+    def __init__(self, spec: OptimizerSpec, multiples: list[float], **kwargs: Any) -> None:
+        super().__init__(learning_rate=0.0, name=f"transferkit_{spec.name}", **kwargs)
+        self.spec = spec
+        self.multiples = list(multiples)
+        self.slot_names = ("step", "m", "v") if spec.name in ("adam", "adamw") else ("momentum",)
+
+    def build(self, variables: list[Any]) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        self.slots: dict[str, list[Any]] = {}
+        for slot in self.slot_names:
+            if slot == "step":
+                self.slots[slot] = [
+                    self.add_variable((), dtype="float32", name=f"step_{i}")
+                    for i in range(len(variables))
+                ]
+            else:
+                self.slots[slot] = [self.add_variable_from_reference(v, slot) for v in variables]
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        i = self._get_variable_index(variable)
+        o = self.spec
+        lr = ops.cast(learning_rate, variable.dtype) * self.multiples[i]
+        g = ops.cast(gradient, variable.dtype)
+        if o.weight_decay and o.name != "adamw":  # L2 added to the gradient
+            g = g + o.weight_decay * variable
+        if o.name == "sgd":
+            buf = self.slots["momentum"][i]
+            self.assign(buf, o.momentum * buf + g)
+            self.assign_sub(variable, lr * buf)
+            return
+        step, m, v = (self.slots[s][i] for s in ("step", "m", "v"))
+        self.assign_add(step, 1.0)
+        if o.name == "adamw" and o.weight_decay:  # decoupled, as torch.optim.AdamW
+            self.assign(variable, variable * (1.0 - lr * o.weight_decay))
+        self.assign(m, o.beta1 * m + (1.0 - o.beta1) * g)
+        self.assign(v, o.beta2 * v + (1.0 - o.beta2) * ops.square(g))
+        bc1 = 1.0 - ops.power(o.beta1, step)
+        bc2 = 1.0 - ops.power(o.beta2, step)
+        self.assign_sub(variable, lr * (m / bc1) / (ops.sqrt(v / bc2) + o.eps))
+
+
+def build_head(layers_spec: list[DenseLayer], feature_size: int, seed: int) -> keras.Model:
+    """Dense head with canonical names ``hidden-<i>`` and ``out``; dropout on each dense
+    layer's input."""
+    inputs = keras.Input((feature_size,))
+    x = inputs
+    for i, d in enumerate(layers_spec):
+        if d.dropout:
+            x = layers.Dropout(d.dropout, seed=seed + i, name=f"dropout-{i}")(x)
+        x = layers.Dense(d.out_features, activation=d.activation, name=d.name.replace(".", "-"))(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def jit_compile() -> bool:
+    """XLA under tensorflow and jax; PyTorch runs eagerly (torch.compile is not used)."""
+    return keras.backend.backend() in ("tensorflow", "jax")
+
+
+class KerasEngine(Engine):
+    def __init__(
+        self, spec: BackboneSpec, backbone: keras.Model, head: Head, seed: int, options: dict
+    ) -> None:
+        self.spec = spec
+        self.backbone = backbone
+        self.head = build_head(head.dense_layers(spec.feature_size), spec.feature_size, seed)
+        inputs = keras.Input(tuple(backbone.input_shape[1:]), name="inputs")
+        self.native = keras.Model(inputs, self.head(backbone(inputs)), name="transferkit")
+        self.loss = head.loss
+        self._options = options
+        self._weights = self._index()
+        self._by_var = {id(w.var): w for w in self._weights}
+        self._layer_groups = self._assign_layer_groups()
+        self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
+        self.head_only = False
+        self._pinned: set[str] = set()  # groups frozen at some point: their BN stays frozen
+        self._optimizer_spec: OptimizerSpec | None = None
+        self._optimizer: TorchRuleOptimizer | None = None
+        self._trained: keras.Model | None = None
+        self._pending_opt: dict[str, np.ndarray] | None = None
+
+    # --- naming -----------------------------------------------------------------------
+    def _index(self) -> list[Weight]:
+        out: list[Weight] = []
+        for prefix, model in (("", self.backbone), ("head.", self.head)):
+            for layer in leaf_layers(model):
+                depthwise = isinstance(layer, layers.DepthwiseConv2D)
+                for var in layer.weights:
+                    leaf = var.name
+                    name = f"{prefix}{canonical_prefix(layer)}.{_LEAF.get(leaf, leaf)}"
+                    group = None if prefix else self.spec.group_of(name)
+                    out.append(Weight(name, var, leaf, depthwise, group))
+        names = [w.name for w in out]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"backbone {self.spec.name!r}: layer names are not unique")
+        return out
+
+    def _assign_layer_groups(self) -> list[tuple[layers.Layer, str]]:
+        """Every backbone layer with its group; a layer without weights belongs to the
+        group of the last weighted layer before it (the first group at the start)."""
+        out, group = [], self.spec.group_names[0]
+        for layer in leaf_layers(self.backbone):
+            if layer.weights:
+                group = self._by_var[id(layer.weights[0])].group
+            out.append((layer, group))
+        return out
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    # --- weights ----------------------------------------------------------------------
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {self._full_name(w): w.canonical_shape() for w in self._weights}
+
+    def _full_name(self, w: Weight) -> str:
+        return w.name if w.group is None else "backbone." + w.name
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {self._full_name(w): w.get() for w in self._weights}
+
+    def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for w in self._weights:
+            name = self._full_name(w)
+            if name in arrays:
+                w.set(arrays[name])
+
+    # --- inference --------------------------------------------------------------------
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.backbone.predict_on_batch(np.asarray(x, np.float32)), np.float32)
+
+    def head_predict(self, f: np.ndarray) -> np.ndarray:
+        return np.asarray(self.head.predict_on_batch(np.asarray(f, np.float32)), np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.native.predict_on_batch(np.asarray(x, np.float32)), np.float32)
+
+    # --- training ---------------------------------------------------------------------
+    def _seed_generators(self) -> list[Any]:
+        gens = []
+        for layer in leaf_layers(self.backbone) + leaf_layers(self.head):
+            gens.extend(getattr(layer, "_seed_generators", []))
+        return gens
+
+    def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
+        self._optimizer_spec = optimizer
+        self._optimizer = None
+        self._pending_opt = None
+        for i, gen in enumerate(self._seed_generators()):
+            gen.state.assign(np.array([seed * 7919 + i + 1, 0], dtype=gen.state.dtype))
+
+    def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
+        self.multiples = dict(multiples)
+        self.head_only = head_only
+        carried = self._optimizer_slots() if self._optimizer is not None else self._pending_opt
+        self._pending_opt = None
+        for layer, group in self._layer_groups:
+            train = self.multiples.get(group, 0.0) > 0 and not head_only
+            if not train:
+                self._pinned.add(group)
+            layer.trainable = train
+            if isinstance(layer, _MODAL):
+                pin_inference(layer, group in self._pinned)
+        self._trained = self.head if head_only else self.native
+        variables = self._trained.trainable_variables
+        names = [self._by_var[id(v)].name for v in variables]
+        self._optimizer = TorchRuleOptimizer(
+            self._optimizer_spec, [self._multiple(self._by_var[id(v)].group) for v in variables]
+        )
+        self._optimizer.build(variables)
+        self._slot_names = names
+        if carried:  # keep the state of variables that stay trainable
+            for slot, vars_ in self._optimizer.slots.items():
+                for name, var in zip(names, vars_, strict=True):
+                    key = f"{name}.{slot}"
+                    if key in carried and tuple(np.shape(carried[key])) == tuple(var.shape):
+                        var.assign(np.asarray(carried[key], dtype=var.dtype))
+        loss = (
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            if self.loss == "cross_entropy"
+            else keras.losses.MeanSquaredError()
+        )
+        self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile=jit_compile())
+
+    def _multiple(self, group: str | None) -> float:
+        return 1.0 if group is None else self.multiples.get(group, 0.0)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
+        self._optimizer.learning_rate = lr
+        return self._trained.train_on_batch(np.asarray(x, np.float32), y)
+
+    def end_training(self) -> None:
+        pass
+
+    def _optimizer_slots(self) -> dict[str, np.ndarray]:
+        out = {}
+        for slot, vars_ in self._optimizer.slots.items():
+            for name, var in zip(self._slot_names, vars_, strict=True):
+                out[f"{name}.{slot}"] = np.asarray(ops.convert_to_numpy(var.value))
+        return out
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        state = {
+            f"rng.keras.{i}": np.asarray(ops.convert_to_numpy(g.state.value)).astype(np.int64)
+            for i, g in enumerate(self._seed_generators())
+        }
+        state["bn.pinned"] = np.array(
+            [g in self._pinned for g in self.spec.group_names], dtype=np.int64
+        )
+        if self._optimizer is not None:
+            state.update({f"opt.{k}": v for k, v in self._optimizer_slots().items()})
+        return state
+
+    def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
+        for i, gen in enumerate(self._seed_generators()):
+            key = f"rng.keras.{i}"
+            if key in state:
+                gen.state.assign(np.asarray(state[key]).astype(gen.state.dtype))
+        if "bn.pinned" in state:
+            flags = np.asarray(state["bn.pinned"])
+            self._pinned = {g for g, f in zip(self.spec.group_names, flags, strict=True) if f}
+        self._pending_opt = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+
+
+def build_engine(
+    spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int, **options: Any
+) -> KerasEngine:
+    known = set(spec.options.get("keras_options", ()))
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for the keras framework with {spec.name!r}: "
+            f"{', '.join(sorted(unknown))}"
+            + (f"; it takes {', '.join(sorted(known))}" if known else "")
+        )
+    keras.utils.set_random_seed(seed)
+    backbone = spec.create(input_shape=tuple(input_shape), **options)
+    if not isinstance(backbone, keras.Model):
+        raise TypeError(
+            f"factory of {spec.name!r} returned {type(backbone).__name__}, not a keras.Model"
+        )
+    return KerasEngine(spec, backbone, head, seed, options)

@@ -66,7 +66,11 @@ def task_data(task: dict[str, Any], shots: int | None, seed: int):
     import transferkit as tk
 
     if task["data"] == "digits":
-        return tk.datasets.digits_transfer(shots=shots, seed=seed)
+        train, test = tk.datasets.digits_transfer(shots=shots, seed=seed)
+        size = task.get("test_size")
+        if size and size < len(test):  # a fixed, stratified subset (seed 0)
+            _, test = test.split(size / len(test), seed=0)
+        return train, test
     return tk.datasets.bbc_news(shots=shots, seed=seed, test_size=task.get("test_size"))
 
 
@@ -184,7 +188,17 @@ def part_transferkit(spec: dict[str, Any]) -> dict[str, Any]:
         "flops_per_step": flops(model, batch, num_classes),
     }
     result["accuracy"] = accuracy(spec, task) if task["shots"] else None
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()  # before any native baseline runs here
+    result["baselines"] = {}
+    for name in spec.get("inprocess_baselines", []):
+        try:
+            result["baselines"][name] = part_baseline(spec, name)
+        except Exception as e:  # the baseline failed, not the case
+            result["baselines"][name] = {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}"[:2000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
     return result
 
 

@@ -478,18 +478,18 @@ def run_part(spec: dict[str, Any], timeout_s: float, env: dict[str, str]) -> dic
             timed_out = True
         wall = time.perf_counter() - t0
         tail = log.decode(errors="replace")[-2000:]
-        result = json.loads(out_file.read_text()) if out_file.is_file() else {"status": "failed"}
         if timed_out:
-            result.update(
-                status="failed", error=f"timed out after {timeout_s:.0f} s (per-case limit)"
-            )
-        elif proc.returncode != 0 and result.get("status") != "failed":
-            result.update(
-                status="failed",
-                error=f"the case process exited with code {proc.returncode}: {tail[-600:]}",
-            )
-        elif result.get("status") == "failed" and not result.get("error"):
-            result["error"] = tail[-600:]
+            result = {
+                "status": "failed",
+                "error": f"timed out after {timeout_s:.0f} s (per-case limit)",
+            }
+        elif out_file.is_file():
+            result = json.loads(out_file.read_text())
+        else:  # the process died before it could report (a crash, a kill)
+            result = {
+                "status": "failed",
+                "error": f"the case process exited with code {proc.returncode}: {tail[-600:]}",
+            }
         result["wall_s"] = wall
         if result.get("status") == "failed":
             result["log_tail"] = tail
@@ -603,22 +603,47 @@ def run(
                 (Path(out) / "bench.json").write_text(json.dumps(partial, indent=2, default=float))
             if verbose:
                 print(_summary_line(r), file=sys.stderr, flush=True)
-    doc["machine"]["matmul_at_end"] = matmul_gflops(s.matmul_n)
+    finish(doc, results, started, s.matmul_n)
+    if out is not None:
+        write(doc, Path(out))
+    return doc
+
+
+def finish(
+    doc: dict[str, Any], results: list[dict[str, Any]], started: float, matmul_n: int = 1024
+) -> dict[str, Any]:
+    """Measure the matmul rate again, derive GFLOP/s and the summary."""
+    doc["machine"]["matmul_at_end"] = matmul_gflops(matmul_n)
+    doc["machine"]["load_average_at_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    )
     # The machine's rate is the better of the two measurements (others may share it).
     peak = max(
-        doc["machine"]["matmul"]["best_gflops"], doc["machine"]["matmul_at_end"]["best_gflops"]
+        m["best_gflops"] for m in (doc["machine"]["matmul"], doc["machine"]["matmul_at_end"])
     )
     doc["machine"]["matmul_peak_gflops"] = peak
     for r in results:
         _derive(r, peak)
     doc["cases"] = results
-    doc["machine"]["load_average_at_end"] = (
-        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    )
+    doc["complete"] = doc.get("complete", True)
     doc["duration_s"] = time.perf_counter() - started
     doc["summary"] = summarise(results)
-    if out is not None:
-        write(doc, Path(out))
+    return doc
+
+
+def report(path: str | Path) -> dict[str, Any]:
+    """Write ``bench.md`` and the charts again from a ``bench.json`` (also from the
+    partial file of an interrupted run, which is then marked ``complete: false``)."""
+    path = Path(path)
+    doc = json.loads((path / "bench.json").read_text())
+    if not doc.get("complete"):
+        duration = doc.get("duration_s")
+        finish(doc, doc["cases"], time.perf_counter(), doc["machine"]["matmul"]["n"])
+        doc["duration_s"] = duration or sum(
+            r.get("wall_s", 0) + sum(b.get("wall_s", 0) for b in r.get("baselines", {}).values())
+            for r in doc["cases"]
+        )
+    write(doc, path)
     return doc
 
 
@@ -767,7 +792,7 @@ def charts(doc: dict[str, Any], out: Path) -> list[Path]:
 
     ok = [r for r in doc["cases"] if r.get("status") == "ok"]
     written = []
-    tasks = list(dict.fromkeys(r["task"] for r in doc["cases"]))
+    tasks = list(dict.fromkeys(r["task"] for r in ok))
     if not ok:
         return written
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from . import datasets
 from .data import Dataset
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune, LoRA
 from .heads import Classifier
-from .model import build
+from .model import Model, build
 from .plugins import registry
 from .training import fit
 
@@ -188,8 +189,16 @@ def run_text(
 ) -> dict[str, Any]:
     """BBC News topics with 2-16 labelled articles per class: TF-IDF + logistic regression
     against all-MiniLM-L6-v2 features (embedded once, reused across shots and seeds) and
-    MiniLM fine-tuned with LoRA. Writes ``demo-text.{md,json,png}``."""
-    stream = stream or sys.stdout
+    MiniLM fine-tuned with LoRA from the probe's head. Writes ``demo-text.{md,json,png}``.
+    Articles are truncated to 256 tokens (128 for LoRA), without a warning each time."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="some texts are longer than max_length")
+        return _run_text(quick, shots, seeds, out, stream or sys.stdout)
+
+
+def _run_text(
+    quick: bool, shots: Sequence[int], seeds: int | None, out: str | Path, stream: TextIO
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     n_seeds = seeds or (1 if quick else 3)
     test_size = 250 if quick else None
@@ -205,6 +214,7 @@ def run_text(
 
     def record(label: str, transfer: bool, fn: Callable[[Dataset, int], float], n: int) -> None:
         accs: dict[int, list[float]] = {}
+        t0 = time.perf_counter()
         for k in shots:
             for seed in range(n):
                 train, _ = datasets.bbc_news(shots=k, seed=seed, test_size=test_size)
@@ -218,10 +228,13 @@ def run_text(
                 "seeds": n,
                 "accuracy": {k: float(np.mean(v)) for k, v in accs.items()},
                 "std": {k: float(np.std(v)) for k, v in accs.items()},
+                "seconds": time.perf_counter() - t0,
             }
         )
         print(
-            f"  {label:<48} " + "  ".join(f"{np.mean(v):.3f}" for v in accs.values()),
+            f"  {label:<48} "
+            + "  ".join(f"{np.mean(v):.3f}" for v in accs.values())
+            + f"  ({time.perf_counter() - t0:.0f}s)",
             file=stream,
             flush=True,
         )
@@ -233,10 +246,9 @@ def run_text(
         n_seeds,
     )
 
-    def features(train: Dataset, seed: int) -> float:
-        encoder.reset_head(seed)
+    def probe(model: Model, train: Dataset, seed: int) -> None:
         fit(
-            encoder,
+            model,
             train,
             freeze=FeatureExtraction(),
             epochs=100,
@@ -245,25 +257,36 @@ def run_text(
             seed=seed,
             verbose=0,
         )
+
+    def features(train: Dataset, seed: int) -> float:
+        encoder.reset_head(seed)
+        probe(encoder, train, seed)
         return encoder.evaluate(test)["accuracy"]
 
     record("MiniLM features (frozen)", True, features, n_seeds)
 
     def lora(train: Dataset, seed: int) -> float:
+        # LP-FT: start LoRA from the linear probe's head, so fine-tuning refines a good
+        # classifier instead of pushing gradients through a random one.
+        encoder.reset_head(seed)
+        probe(encoder, train, seed)
         model = build("hf:all-MiniLM-L6-v2", head=Classifier(5), input_shape=(128,), seed=seed)
+        model.engine.set_weights(
+            {k: v for k, v in encoder.engine.get_weights().items() if k.startswith("head.")}
+        )
         fit(
             model,
             train,
             freeze=LoRA(r=8, alpha=16),
-            epochs=10,
-            lr=2e-3,
+            epochs=5,
+            lr=1e-3,
             batch_size=8,
             seed=seed,
             verbose=0,
         )
         return model.evaluate(test)["accuracy"]
 
-    record("MiniLM fine-tuned with LoRA (1 seed)", True, lora, 1)
+    record("MiniLM probe + LoRA fine-tuning (1 seed)", True, lora, 1)
     result = {
         "shots": list(shots),
         "seeds": n_seeds,

@@ -260,14 +260,24 @@ class KerasEngine(Engine):
                 w.set(arrays[name])
 
     # --- inference --------------------------------------------------------------------
+    def _infer(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if keras.backend.backend() == "tensorflow":
+            # Eager TensorFlow runs the same kernels as a traced function, without the
+            # seconds of tracing each new model and batch shape would cost.
+            out = model(x, training=False)
+        else:  # jax: a jitted function per shape; torch: eager under no_grad
+            out = model.predict_on_batch(x)
+        return np.asarray(ops.convert_to_numpy(out), np.float32)
+
     def features(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.backbone.predict_on_batch(np.asarray(x, np.float32)), np.float32)
+        return self._infer(self.backbone, x)
 
     def head_predict(self, f: np.ndarray) -> np.ndarray:
-        return np.asarray(self.head.predict_on_batch(np.asarray(f, np.float32)), np.float32)
+        return self._infer(self.head, f)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.native.predict_on_batch(np.asarray(x, np.float32)), np.float32)
+        return self._infer(self.native, x)
 
     # --- training ---------------------------------------------------------------------
     def _seed_generators(self) -> list[Any]:
@@ -314,7 +324,7 @@ class KerasEngine(Engine):
             if self.loss == "cross_entropy"
             else keras.losses.MeanSquaredError()
         )
-        self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile=jit_compile())
+        self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile="auto")
 
     def _multiple(self, group: str | None) -> float:
         return 1.0 if group is None else self.multiples.get(group, 0.0)

@@ -707,6 +707,49 @@ def _ratio_cell(b: dict[str, Any] | None) -> str:
     return f"{b['ratio']:.2f} ({p['q1']:.2f}-{p['q3']:.2f})"
 
 
+def headline(doc: dict[str, Any]) -> str:
+    """The compact table: one row per (task, model), one column per framework; each cell
+    ms/step and transferkit's overhead against the framework's first native baseline."""
+    fws = list(dict.fromkeys(r["framework"] for r in doc["cases"]))
+    rows = list(dict.fromkeys((r["task"], r["arch"], r["batch"]) for r in doc["cases"]))
+    lines = [
+        "| task | model | batch | " + " | ".join(fws) + " | fastest |",
+        "|---|---|---|" + "---|" * (len(fws) + 1),
+    ]
+    for task, arch, batch in rows:
+        cells, best = [], None
+        for fw in fws:
+            r = next(
+                (
+                    c
+                    for c in doc["cases"]
+                    if (c["task"], c["arch"], c["batch"], c["framework"]) == (task, arch, batch, fw)
+                ),
+                None,
+            )
+            if r is None:
+                cells.append("")
+            elif r.get("status") != "ok":
+                cells.append(r.get("status", "?"))
+            else:
+                ms = r["step_ms"]["median"]
+                base = next(iter(r.get("baselines", {}).items()), None)
+                ratio = ""
+                if base and base[1].get("status") == "ok":
+                    p = base[1]["pair_ratio"]
+                    ratio = f" ×{base[1]['ratio']:.2f} [{p['q1']:.2f}–{p['q3']:.2f}] vs {base[0]}"
+                cells.append(f"{ms:.1f} ms{ratio}")
+                if best is None or ms < best[1]:
+                    best = (fw, ms)
+        if any(c for c in cells):
+            lines.append(
+                f"| {task} | {arch} | {batch} | "
+                + " | ".join(cells)
+                + f" | {best[0] if best else '-'} |"
+            )
+    return "\n".join(lines)
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The report as a Markdown table (one row per case) with the machine above it."""
     m = doc["machine"]
@@ -733,6 +776,13 @@ def markdown(doc: dict[str, Any]) -> str:
         "steps. Overhead: transferkit / native ms/step, measured alternately in one process "
         "(ratio of medians, with the quartiles of the per-round ratios); > 1 means "
         "transferkit is slower. GFLOP/s counts " + doc["flops_method"] + ".",
+        "",
+        "Median ms per training step through transferkit, and transferkit / native "
+        "(ratio of medians [quartiles of the per-round ratios]):",
+        "",
+        headline(doc),
+        "",
+        "Every figure:",
         "",
     ]
     names = sorted({n for r in doc["cases"] for n in r.get("baselines", {})})

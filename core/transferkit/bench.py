@@ -36,12 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from .errors import ConfigError, UnknownBackboneError
 
@@ -585,7 +585,7 @@ def run(
             "tasks": [asdict(t) for t in s.tasks],
         },
         "command": command or f"transferkit.bench.run({str(suite)!r}, quick={quick})",
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "flops_method": FLOPS_METHOD,
     }

@@ -70,6 +70,7 @@ LIBRARIES = (
     "optax",
     "keras",
     "tensorflow",
+    "tensorflow-cpu",
     "transformers",
 )
 FLOPS_METHOD = (

@@ -49,6 +49,18 @@ def test_catalog_filters_and_suggestions():
         tk.build("torhc:cnn", head=tk.Classifier(2))
 
 
+def test_head_is_a_reserved_group_name():
+    with pytest.raises(errors.ConfigError, match="'head' is the task head's name"):
+        tk.BackboneSpec(
+            name="torch:x",
+            input_kind="vector",
+            input_shape=(4,),
+            feature_size=4,
+            groups=(("body", ("body",)), ("head", ("top",))),
+            factory="x:y",
+        )
+
+
 class GoodPlugin:
     @tk.hookimpl
     def transferkit_register_backbones(self, register):

@@ -104,6 +104,11 @@ class BackboneSpec:
         )
         if not groups:
             raise ConfigError(f"backbone {self.name!r} declares no layer groups")
+        if "head" in (g.name for g in groups):
+            raise ConfigError(
+                f"backbone {self.name!r}: 'head' is the task head's name and cannot name a "
+                "backbone layer group; call it something else ('conv_head', say)"
+            )
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "tags", tuple(self.tags))

@@ -33,7 +33,7 @@ def _lite0_groups() -> tuple[tuple[str, tuple[str, ...]], ...]:
             (f"stage{i + 1}", tuple(f"_blocks.{b}" for b in range(first, first + repeats)))
         )
         first += repeats
-    groups.append(("head", ("_conv_head", "_bn1")))
+    groups.append(("conv_head", ("_conv_head", "_bn1")))
     return tuple(groups)
 
 

@@ -43,6 +43,9 @@ CASES = {
 
 
 def run_case(name: str, epochs: int, repeats: int) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="some texts are longer than max_length")
     backbone, data, batch = CASES[name]
     train, test = data()
     classes = train.num_classes
@@ -110,18 +113,25 @@ def main() -> None:
             f"| {name} | {r['backbone']} | {r['train_examples']} | {r['epochs']} | "
             f"{r['cached_median_s']:.2f} | {r['uncached_median_s']:.2f} | {r['speedup']:.1f}x |"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
+    command = (
+        "python benchmarks/feature_cache.py "
+        f"--cases {','.join(names)} --epochs {args.epochs} --repeats {args.repeats}"
+    )
+    for r in results.values():
+        r["command"] = command
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # cases measured earlier (by other commands) stay in the file
+    earlier = json.loads(out.read_text())["results"] if out.is_file() else {}
+    out.write_text(
         json.dumps(
             {
                 "benchmark": "feature_cache",
-                "command": "python benchmarks/feature_cache.py "
-                f"--cases {','.join(names)} --epochs {args.epochs} --repeats {args.repeats}",
                 "machine": {
                     "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(),
                 },
-                "results": results,
+                "results": {**earlier, **results},
             },
             indent=2,
         )

@@ -901,6 +901,9 @@ def charts(doc: dict[str, Any], out: Path) -> list[Path]:
                     label=r["framework"],
                 )
             ax.set_xscale("log")
+            shots = sorted({int(k) for r in acc for k in r["accuracy"]["per_shots"]})
+            ax.set_xticks(shots, [str(k) for k in shots])
+            ax.minorticks_off()
             ax.set_title(f"{task}: {arch}", fontsize=10)
             ax.set_xlabel("labels per class")
             ax.set_ylabel("test accuracy")

@@ -243,3 +243,23 @@ def test_bbc_news_splits_without_importing_the_package():
     _, small = tk.datasets.bbc_news(shots=1, test_size=100)
     assert len(small) == 100 and set(small.x) <= set(test.x)
     assert np.bincount(small.y).min() >= 15  # stratified
+
+
+def test_a_frozen_encoder_gives_the_same_fit_cached_or_not(tiny_bert):
+    # frozen layers run in inference mode (no dropout), so caching changes nothing
+    probs = []
+    for cache in (True, False):
+        model = tk.build(f"hf:{tiny_bert}", head=tk.Classifier(2), seed=0)
+        tk.fit(
+            model,
+            tk.Dataset(TEXTS, LABELS),
+            freeze=tk.freeze.FeatureExtraction(),
+            epochs=3,
+            lr=1e-2,
+            batch_size=2,
+            seed=0,
+            verbose=0,
+            cache_features="auto" if cache else False,
+        )
+        probs.append(model.predict(TEXTS))
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-4)  # padding differs per batch

@@ -57,11 +57,14 @@ class TorchEngine(Engine):
         self._training = False
         self.optimizer: torch.optim.Optimizer | None = None
         self._index_parameters()
-        # BatchNorm layers by layer group, to hold the frozen ones in inference mode.
+        # BatchNorm and dropout layers by layer group: a frozen group runs in inference
+        # mode (running statistics, no dropout), so a frozen backbone computes the same
+        # features whether they are cached or not.
         self._norms = [
             (m, spec.group_of(f"{n}.weight"))
             for n, m in backbone.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+            and any(g.owns(n) for g in spec.groups)
         ]
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
         self.head_only = False
@@ -186,7 +189,7 @@ class TorchEngine(Engine):
         self.native.train()
         for m, group in self._norms:
             if self.head_only or self.multiples.get(group, 0.0) == 0:
-                m.eval()  # frozen BatchNorm: running statistics, no updates
+                m.eval()  # frozen: BatchNorm on running statistics, no dropout
         self._training = True
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:

@@ -145,22 +145,25 @@ def run(
                     file=stream,
                     flush=True,
                 )
-    result = {
-        "shots": list(shots),
-        "seeds": n_seeds,
-        "frameworks": frameworks,
-        "rows": rows,
-        "seconds": time.perf_counter() - t_start,
-    }
+    result = {"shots": list(shots), "seeds": n_seeds, "frameworks": frameworks, "rows": rows}
+    return _report(result, t_start, Path(out) / "demo", stream)
+
+
+def _report(result: dict[str, Any], t_start: float, stem: Path, stream: TextIO) -> dict[str, Any]:
+    """Print the table and verdicts; write ``stem.{json,md,png}``."""
+    rows, shots = result["rows"], result["shots"]
+    result["seconds"] = time.perf_counter() - t_start
     result["verdict"] = verdict(rows, shots)
-    text = table(rows, shots, n_seeds) + "\n\n" + "\n".join(result["verdict"])
+    text = table(rows, shots, result["seeds"]) + "\n\n" + "\n".join(result["verdict"])
     print("\n" + text, file=stream)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
-    (out / "demo.md").write_text(text + "\n")
-    plot(rows, shots, out / "demo.png")
-    print(f"\nwrote {out / 'demo.md'}, {out / 'demo.png'} ({result['seconds']:.0f}s)", file=stream)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(text + "\n")
+    plot(rows, shots, stem.with_suffix(".png"))
+    print(
+        f"\nwrote {stem.with_suffix('.md')}, {stem.with_suffix('.png')} ({result['seconds']:.0f}s)",
+        file=stream,
+    )
     return result
 
 
@@ -287,26 +290,8 @@ def _run_text(
         return model.evaluate(test)["accuracy"]
 
     record("MiniLM probe + LoRA fine-tuning (1 seed)", True, lora, 1)
-    result = {
-        "shots": list(shots),
-        "seeds": n_seeds,
-        "test_articles": len(test),
-        "rows": rows,
-        "seconds": time.perf_counter() - t_start,
-    }
-    result["verdict"] = verdict(rows, shots)
-    text = table(rows, shots, n_seeds) + "\n\n" + "\n".join(result["verdict"])
-    print("\n" + text, file=stream)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo-text.json").write_text(json.dumps(result, indent=2))
-    (out / "demo-text.md").write_text(text + "\n")
-    plot(rows, shots, out / "demo-text.png")
-    print(
-        f"\nwrote {out / 'demo-text.md'}, {out / 'demo-text.png'} ({result['seconds']:.0f}s)",
-        file=stream,
-    )
-    return result
+    result = {"shots": list(shots), "seeds": n_seeds, "test_articles": len(test), "rows": rows}
+    return _report(result, t_start, Path(out) / "demo-text", stream)
 
 
 def table(rows: list[dict[str, Any]], shots: Sequence[int], seeds: int) -> str:

@@ -131,6 +131,33 @@ def test_optimizers(framework, tiny_images, optimizer):
     assert np.isfinite(h["loss"]).all()
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_a_linear_probe_trains_identically_to_torch(framework, optimizer):
+    # Same backbone weights, same head initialisation, the same optimizer semantics, the
+    # scheduled learning rate passed per step: the frameworks agree step for step.
+    if framework == "torch":
+        pytest.skip("torch is the reference")
+    pytest.importorskip("torch")
+    train, test = tk.datasets.digits_transfer(shots=5, seed=0)
+    probs = []
+    for fw in ("torch", framework):
+        model = tk.build(f"{fw}:cnn", head=tk.Classifier(5), seed=3)
+        tk.fit(
+            model,
+            train,
+            freeze=tk.freeze.FeatureExtraction(),
+            epochs=8,
+            batch_size=8,
+            optimizer=optimizer,
+            weight_decay=0.01,
+            lr=1e-2,
+            warmup_steps=3,
+            verbose=0,
+        )
+        probs.append(model.predict(test.x))
+    assert np.abs(probs[0] - probs[1]).max() < 1e-4
+
+
 def test_regressor(framework, tiny_images):
     x, _ = tiny_images
     target = x.mean(axis=(1, 2, 3))

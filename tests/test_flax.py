@@ -138,27 +138,3 @@ def test_data_parallel_over_two_cpu_devices_matches_one_device():
     _, diff, pdiff, devices = line.split()
     assert int(devices) == 2
     assert float(diff) < 1e-4 and float(pdiff) < 1e-4
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_a_linear_probe_trains_identically_in_both_frameworks(optimizer):
-    # Same backbone weights, same head initialisation, same optimizer semantics: the
-    # frameworks agree step for step.
-    train, test = tk.datasets.digits_transfer(shots=5, seed=0)
-    probs = []
-    for fw in ("torch", "flax"):
-        model = tk.build(f"{fw}:cnn", head=tk.Classifier(5), seed=3)
-        tk.fit(
-            model,
-            train,
-            freeze=tk.freeze.FeatureExtraction(),
-            epochs=20,
-            batch_size=8,
-            optimizer=optimizer,
-            weight_decay=0.01,
-            lr=1e-2,
-            warmup_steps=3,
-            verbose=0,
-        )
-        probs.append(model.predict(test.x))
-    assert np.abs(probs[0] - probs[1]).max() < 1e-4

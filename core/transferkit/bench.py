@@ -783,9 +783,18 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         headline(doc),
         "",
-        "Every figure:",
-        "",
     ]
+    described = {
+        f"{r['framework'].partition('[')[0]} {n}": b["description"]
+        for r in doc["cases"]
+        for n, b in r.get("baselines", {}).items()
+        if b.get("description")
+    }
+    if described:
+        lines += ["Native baselines:", ""]
+        lines += [f"- {k}: {v}" for k, v in described.items()]
+        lines.append("")
+    lines += ["Every figure:", ""]
     names = sorted({n for r in doc["cases"] for n in r.get("baselines", {})})
     head = (
         "| task | model | framework | device | batch | ms/step [IQR] | samples/s | GFLOP/s "

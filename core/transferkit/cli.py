@@ -247,7 +247,9 @@ def _bench(args: argparse.Namespace) -> int:
             + [
                 f"--{k} {v}" if v is not True else f"--{k}"
                 for k, v in vars(args).items()
-                if k not in ("command", "func") and v not in (None, False)
+                if k not in ("command", "func")
+                and v not in (None, False)
+                and not (k == "suite" and v == "default")
             ]
         ),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +15,7 @@ from transferkit.errors import ConfigError
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_FLAX = all(importlib.util.find_spec(m) for m in ("jax", "flax", "optax"))
+HAVE_KERAS_JAX = all(importlib.util.find_spec(m) for m in ("keras", "jax"))
 
 
 def tiny(frameworks, **task) -> dict:
@@ -68,7 +71,8 @@ CASE_FIELDS = (
 
 @pytest.mark.skipif(not (HAVE_TORCH and HAVE_FLAX), reason="needs torch and jax/flax")
 def test_tiny_suite_end_to_end(tmp_path):
-    suite = tiny(["torch", "flax"])
+    fws = ["torch", "flax"]
+    suite = tiny(fws)
     # A second task whose case cannot build (cnn takes 3 channels): reported, not raised.
     suite["task"].append(
         {**suite["task"][0], "name": "broken", "backbones": ["cnn"], "frameworks": ["torch"]}
@@ -77,7 +81,7 @@ def test_tiny_suite_end_to_end(tmp_path):
     doc = bench.run(suite, out=tmp_path, verbose=False)
 
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["complete"] is True and len(on_disk["cases"]) == 3
+    assert on_disk["complete"] is True and len(on_disk["cases"]) == len(fws) + 1
     assert (tmp_path / "bench.md").read_text().startswith("# transferkit bench")
     assert (tmp_path / "bench_ms_per_step.png").stat().st_size > 1000
     assert (tmp_path / "bench_accuracy.png").stat().st_size > 1000
@@ -89,7 +93,7 @@ def test_tiny_suite_end_to_end(tmp_path):
     assert "x3 for a training step" in doc["flops_method"]
 
     ok = [c for c in doc["cases"] if c["status"] == "ok"]
-    assert [c["framework"] for c in ok] == ["torch", "flax"]
+    assert [c["framework"] for c in ok] == fws
     for c in ok:
         assert set(CASE_FIELDS) <= set(c), set(CASE_FIELDS) - set(c)
         assert c["input_shape"] == [8, 8, 1] and c["batch"] == 16
@@ -110,13 +114,15 @@ def test_tiny_suite_end_to_end(tmp_path):
         assert name == {"torch": "eager", "flax": "jit"}[c["framework"]]
         assert b["status"] == "ok" and b["ratio"] > 0
         assert b["pair_ratio"]["q1"] <= b["pair_ratio"]["median"] <= b["pair_ratio"]["q3"]
-        assert b["transferkit_ms"]["n"] == b["native_ms"]["n"] == 2
+        assert b["transferkit_ms"]["n"] == b["native_ms"]["n"] == b["native_wall_ms"]["n"] == 2
+        assert b["native_ms"] == b["native_wall_ms"]  # a plain loop: its wall time
     # Same weights, same head initialisation, same data: the frameworks agree.
     assert ok[0]["accuracy"]["per_shots"]["5"]["final_accuracy"] == pytest.approx(
         ok[1]["accuracy"]["per_shots"]["5"]["final_accuracy"], abs=0.05
     )
 
-    broken = doc["cases"][2]
+    assert "Native baselines:" in (tmp_path / "bench.md").read_text()
+    broken = doc["cases"][-1]
     assert broken["status"] == "failed" and "InputShapeError" in broken["error"]
     assert "3 channels" in broken["error"]
     assert "failed" in (tmp_path / "bench.md").read_text()
@@ -204,3 +210,56 @@ def test_flops_are_counted_from_layer_shapes():
         0.385e9, rel=0.05
     )
     assert bench.train_step_flops("unknown", (8, 8, 1), 64, 5, 16) is None
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+def test_quick_suite_from_the_command_line(tmp_path):
+    # The smoke run: `transferkit bench --quick` as a user types it; every field is there
+    # and every value is sane. Frameworks that are not installed are reported as skipped.
+    out = tmp_path / "quick"
+    run = subprocess.run(
+        [sys.executable, "-m", "transferkit", "bench", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["complete"] is True and doc["suite"]["name"] == "quick"
+    assert doc["command"] == f"transferkit bench --quick --out {out}"
+    assert {p.name for p in out.iterdir()} >= {
+        "bench.json",
+        "bench.md",
+        "bench_ms_per_step.png",
+        "bench_accuracy.png",
+    }
+    installed = {
+        "torch": HAVE_TORCH,
+        "flax": HAVE_FLAX,
+        "keras[jax]": HAVE_KERAS_JAX,
+    }
+    assert {(c["arch"], c["framework"]) for c in doc["cases"]} == {
+        (a, f) for a in ("mlp", "cnn") for f in installed
+    }
+    for c in doc["cases"]:
+        if not installed[c["framework"]]:
+            assert c["status"] == "skipped", c
+            continue
+        assert c["status"] == "ok", c.get("error")
+        assert set(CASE_FIELDS) <= set(c), set(CASE_FIELDS) - set(c)
+        st = c["step_ms"]
+        assert st["n"] == 10 and 0 < st["q1"] <= st["median"] <= st["q3"]
+        assert 0 < c["fraction_of_matmul_peak"] < 1.5 and c["peak_rss_mb"] > 50
+        for a in c["accuracy"]["per_shots"].values():
+            assert 0.0 <= a["final_accuracy"] <= 1.0 and a["test_size"] == 150
+        (name, b), *_ = c["baselines"].items()
+        assert b["status"] == "ok" and b["ratio"] > 0 and b["rounds"] == 6
+        if name == "fit":  # timed inside Keras's fit: not the wall time of the call
+            assert b["steps_per_round"] == 9 and "steady-state" in b["description"]
+            assert b["native_ms"] != b["native_wall_ms"]
+    # One pretrained cnn, the same head initialisation and data: the frameworks agree.
+    cnn = [c for c in doc["cases"] if c["arch"] == "cnn" and c["status"] == "ok"]
+    finals = {c["accuracy"]["per_shots"]["20"]["final_accuracy"] for c in cnn}
+    assert max(finals) - min(finals) <= 0.05
+    md = (out / "bench.md").read_text()
+    assert "| digits | cnn | 32 |" in md and "Fastest framework" in md

@@ -113,8 +113,10 @@ def test_cls_pooling_and_local_directory(tiny_bert):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    model = tk.build(f"hf:{tiny_bert}", head=tk.Classifier(2), weights=None, pooling="cls")
-    assert model.spec.feature_size == 32
+    model = tk.build(
+        f"hf:{tiny_bert}", head=tk.Classifier(2), weights=None, pooling="cls", device="cpu"
+    )
+    assert model.spec.feature_size == 32 and model.engine.device == torch.device("cpu")
     ours = model.features(TEXTS[:2])
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     ref_model = AutoModel.from_pretrained(tiny_bert).eval()
@@ -124,6 +126,8 @@ def test_cls_pooling_and_local_directory(tiny_bert):
     np.testing.assert_allclose(ours, ref[:, 0].numpy(), atol=1e-5)
     with pytest.raises(errors.ConfigError, match="pooling 'max' is not one of mean, cls"):
         tk.build(f"hf:{tiny_bert}", head=tk.Classifier(2), weights=None, pooling="max")
+    with pytest.raises(errors.ConfigError, match="unknown option.*pool.*device='auto'"):
+        tk.build(f"hf:{tiny_bert}", head=tk.Classifier(2), weights=None, pool="cls")
 
 
 def test_gradual_unfreeze_reaches_every_layer(tiny_bert):

@@ -125,3 +125,27 @@ def test_native_objects_are_torch_modules():
     assert isinstance(model.native, torch.nn.Module)
     assert isinstance(model.backbone.native, torch.nn.Module)
     assert model.backbone.feature_size == 64
+
+
+def test_device_selection_and_errors(tmp_path):
+    # "auto" (the default) is CUDA where PyTorch sees a GPU, otherwise the CPU; the
+    # device is a build option, not part of the saved model.
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    x = np.random.default_rng(0).random((12, 8, 8, 1), dtype=np.float32)
+    y = np.arange(12) % 3
+    model = tk.build("torch:mlp", head=tk.Classifier(3), seed=0)
+    assert model.engine.device.type == expected
+    assert {p.device.type for p in model.native.parameters()} == {expected}
+    tk.fit(model, tk.Dataset(x, y), epochs=1, batch_size=4, verbose=0)
+    model.save(tmp_path / "m")
+    assert "device" not in (tmp_path / "m" / "config.json").read_text()
+    on_cpu = tk.load(tmp_path / "m", device="cpu")
+    assert on_cpu.engine.device == torch.device("cpu")
+    np.testing.assert_allclose(on_cpu.logits(x), model.logits(x), atol=1e-5)
+
+    with pytest.raises(errors.ConfigError, match="'tpu9' is not a torch device.*'cuda:<index>'"):
+        tk.build("torch:mlp", head=tk.Classifier(3), device="tpu9")
+    with pytest.raises(errors.ConfigError, match="'cuda:99' is not available.*'auto' or 'cpu'"):
+        tk.build("torch:mlp", head=tk.Classifier(3), device="cuda:99")
+    with pytest.raises(errors.ConfigError, match="unknown option.*devices.*device='auto'"):
+        tk.build("torch:mlp", head=tk.Classifier(3), devices="cpu")

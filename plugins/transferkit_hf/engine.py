@@ -20,9 +20,14 @@ from .encoder import HFEncoder
 
 class HFEngine(TorchEngine):
     def __init__(
-        self, spec: BackboneSpec, backbone: HFEncoder, head: Head, max_length: int
+        self,
+        spec: BackboneSpec,
+        backbone: HFEncoder,
+        head: Head,
+        max_length: int,
+        device: str = "auto",
     ) -> None:
-        super().__init__(spec, backbone, head)
+        super().__init__(spec, backbone, head, device)
         self.max_length = max_length
         self._warned = False
         self._memo: dict[str, np.ndarray] = {}
@@ -41,7 +46,7 @@ class HFEngine(TorchEngine):
                 "truncated (shown once); build with input_shape=(N,) to change the limit"
             )
             self._warned = True
-        return dict(enc)
+        return {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
 
     def features(self, x: list[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in x if t not in self._memo))
@@ -87,15 +92,17 @@ def build_engine(
     seed: int,
     pretrained: bool = False,
     assets: Path | None = None,
+    device: str = "auto",
     **options: Any,
 ) -> HFEngine:
     unknown = set(options) - {"pooling", "normalize"}
     if unknown:
         raise ConfigError(
             f"unknown option(s) for the hf framework: {', '.join(unknown)}; it "
-            "takes pooling='mean'|'cls' and normalize=True|False"
+            "takes pooling='mean'|'cls', normalize=True|False and "
+            "device='auto'|'cpu'|'cuda'|'cuda:<index>'"
         )
     torch.manual_seed(seed)
     kwargs = {**spec.options, **options}
     backbone = spec.create(input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs)
-    return HFEngine(spec, backbone, head, max_length=int(input_shape[0]))
+    return HFEngine(spec, backbone, head, max_length=int(input_shape[0]), device=device)

@@ -47,11 +47,40 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: CUDA where PyTorch sees a GPU, otherwise the CPU; or any torch device
+    that is available here (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(
+            f"device {device!r} is not a torch device ({e}); use 'auto', 'cpu', 'cuda' or "
+            "'cuda:<index>'"
+        ) from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if not available.get(dev.type, lambda: False)():
+        raise ConfigError(
+            f"device {device!r} is not available to this PyTorch ({torch.__version__}, "
+            f"{torch.cuda.device_count()} CUDA device(s)); use device='auto' or 'cpu'"
+        )
+    return dev
+
+
 class TorchEngine(Engine):
-    def __init__(self, spec: BackboneSpec, backbone: nn.Module, head: Head) -> None:
+    def __init__(
+        self, spec: BackboneSpec, backbone: nn.Module, head: Head, device: str = "auto"
+    ) -> None:
         self.spec = spec
         self.backbone = backbone
+        self.device = resolve_device(device)
         self.native = TorchModel(backbone, TorchHead(head.dense_layers(spec.feature_size)))
+        self.native.to(self.device)
         self.loss = head.loss
         self.native.eval()
         self._training = False
@@ -81,8 +110,9 @@ class TorchEngine(Engine):
         return self.spec.group_of(name[len("backbone.") :])
 
     def to_input(self, x: Any) -> Any:
-        """Engine input -> what the backbone's forward takes (NCHW tensors for images)."""
-        return _nchw(x)
+        """Engine input -> what the backbone's forward takes (NCHW tensors for images),
+        on the model's device."""
+        return _nchw(x).to(self.device, non_blocking=True)
 
     def add_adapter(self, adapter: Mapping[str, Any]) -> None:
         if adapter.get("kind") != "lora":
@@ -136,17 +166,21 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def features(self, x: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.backbone(self.to_input(x)).numpy()
+        return self.backbone(self.to_input(x)).cpu().numpy()
 
     @torch.inference_mode()
     def head_predict(self, f: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.native.head(torch.from_numpy(np.asarray(f, np.float32))).numpy()
+        return self.native.head(self._tensor(f)).cpu().numpy()
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.native(self.to_input(x)).numpy()
+        return self.native(self.to_input(x)).cpu().numpy()
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.asarray(a))
+        return t.float().to(self.device) if t.is_floating_point() else t.to(self.device)
 
     # --- training ------------------------------------------------------------------
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
@@ -197,9 +231,9 @@ class TorchEngine(Engine):
             self._train_mode()
         for pg in self.optimizer.param_groups:
             pg["lr"] = lr * pg["mult"]
-        inputs = torch.from_numpy(np.asarray(x, np.float32)) if self.head_only else self.to_input(x)
+        inputs = self._tensor(x) if self.head_only else self.to_input(x)
         out = self.native.head(inputs) if self.head_only else self.native(inputs)
-        target = torch.from_numpy(y)
+        target = self._tensor(y)
         loss = (
             F.cross_entropy(out, target)
             if self.loss == "cross_entropy"
@@ -218,7 +252,7 @@ class TorchEngine(Engine):
         for p, s in self.optimizer.state.items():
             name = self._param_name[id(p)]
             for key, value in s.items():
-                state[f"opt.{name}.{key}"] = torch.as_tensor(value).detach().numpy().copy()
+                state[f"opt.{name}.{key}"] = torch.as_tensor(value).detach().cpu().numpy().copy()
         return state
 
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -229,18 +263,29 @@ class TorchEngine(Engine):
             if not key.startswith("opt."):
                 continue
             name, _, slot = key[4:].rpartition(".")
-            self.optimizer.state[self._named[name]][slot] = torch.from_numpy(np.array(value))
+            t = torch.from_numpy(np.array(value))
+            if slot != "step":  # torch.optim keeps the step count on the CPU
+                t = t.to(self.device)
+            self.optimizer.state[self._named[name]][slot] = t
 
 
 def build_engine(
-    spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int, **options: Any
+    spec: BackboneSpec,
+    head: Head,
+    input_shape: tuple[int, ...],
+    seed: int,
+    device: str = "auto",
+    **options: Any,
 ) -> TorchEngine:
     if options:
-        raise ConfigError(f"unknown option(s) for the torch framework: {', '.join(options)}")
+        raise ConfigError(
+            f"unknown option(s) for the torch framework: {', '.join(options)}; it takes "
+            "device='auto'|'cpu'|'cuda'|'cuda:<index>'"
+        )
     torch.manual_seed(seed)
     backbone = spec.create(input_shape=input_shape)
     if not isinstance(backbone, nn.Module):
         raise TypeError(
             f"factory of {spec.name!r} returned {type(backbone).__name__}, not a torch.nn.Module"
         )
-    return TorchEngine(spec, backbone, head)
+    return TorchEngine(spec, backbone, head, device)

@@ -296,6 +296,27 @@ BACKEND_RUN = textwrap.dedent("""
         x = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
         out["parity"][arch] = [float(np.abs(t.features(x) - k.features(x)).max()),
                                float(np.abs(t.logits(x) - k.logits(x)).max())]
+    # The optimizer follows PyTorch's rules under every backend (adam with L2, adamw,
+    # sgd with momentum), with TrainLast's layer-wise rates: the weights agree after 2
+    # epochs (for sgd, to a thousandth of how far they moved).
+    rng = np.random.default_rng(0)
+    x, y = rng.random((24, 16, 16, 3), dtype=np.float32), np.arange(24) % 3
+    out["optimizer_diff"] = {}
+    keys = ("backbone.stage3.conv.weight", "backbone.stage4.conv.weight", "head.out.weight")
+    for opt, wd, lr in (("adam", 0.01, 1e-3), ("adamw", 0.05, 1e-3), ("sgd", 0.01, 5e-2)):
+        weights = []
+        for fw in ("torch", "keras"):
+            model = tk.build(f"{fw}:cnn", head=tk.Classifier(3), input_shape=(16, 16, 3),
+                             seed=2)
+            start = model.engine.get_weights()
+            tk.fit(model, tk.Dataset(x, y), freeze=tk.freeze.TrainLast(2, lr_decay=0.5),
+                   epochs=2, batch_size=12, optimizer=opt, weight_decay=wd, lr=lr,
+                   cache_features=False, verbose=0)
+            weights.append(model.engine.get_weights())
+        out["optimizer_diff"][opt] = [
+            max(float(np.abs(weights[0][k] - weights[1][k]).max()) for k in keys),
+            min(float(np.abs(weights[0][k] - start[k]).max()) for k in keys),
+        ]
     train, test = tk.datasets.digits_transfer(shots=4, seed=0)
     test = tk.Dataset(test.x[:64], test.y[:64])
     m = tk.build("keras:cnn", head=tk.Classifier(5, hidden=(16,), dropout=0.2))
@@ -330,6 +351,11 @@ def test_each_keras_backend_in_its_own_process(backend):
     for arch, (feat, logit) in out["parity"].items():
         print(f"parity {arch} ({backend}): features {feat:.2e}, logits {logit:.2e}")
         assert feat <= 1e-4 and logit <= 1e-4, (arch, feat, logit)
+    for opt, (diff, moved) in out["optimizer_diff"].items():
+        print(f"{backend}: {opt} vs torch, 2 epochs: max abs diff {diff:.1e}, moved {moved:.1e}")
+        assert diff <= 1e-4, (opt, diff, moved)
+        if opt == "sgd":  # no normalisation by v: the match is close to exact
+            assert diff <= 1e-3 * moved, (opt, diff, moved)
     print(f"{backend}: fit losses {out['loss']}, val accuracy {out['val_accuracy']:.2f}")
     assert out["loss"][-1] < out["loss"][0]
     assert out["reload_diff"] <= 1e-5 and out["torch_diff"] <= 1e-4

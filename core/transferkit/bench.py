@@ -535,6 +535,24 @@ def run_case(case: Case, suite: Suite, work: Path, skip: str | None = None) -> d
     return record
 
 
+def select(
+    cases: list[Case], frameworks: list[str] | None = None, backbones: list[str] | None = None
+) -> list[Case]:
+    """The cases whose framework and backbone match one of the globs (``keras*``,
+    ``keras[jax]`` as a plain name; ``cnn`` matches ``torch:cnn``, ``flax:cnn``...)."""
+
+    def hit(value: str, patterns: list[str] | None, prefixed: bool = False) -> bool:
+        return not patterns or any(
+            value == p
+            or fnmatch.fnmatch(value, p)
+            or (prefixed and value.partition(":")[2] == p)
+            or (prefixed and fnmatch.fnmatch(value, f"*:{p}"))
+            for p in patterns
+        )
+
+    return [c for c in cases if hit(c.framework, frameworks) and hit(c.backbone, backbones, True)]
+
+
 def run(
     suite: str | Path | dict[str, Any] = "default",
     out: str | Path | None = "bench-out",
@@ -556,20 +574,13 @@ def run(
     s = load_suite("quick" if quick and suite == "default" else suite)
     overrides = {"timeout_s": timeout_s, "steps": steps}
     s = Suite(**{**asdict_shallow(s), **{k: v for k, v in overrides.items() if v is not None}})
-    cases = expand(s)
-    if frameworks:
-        cases = [c for c in cases if any(fnmatch.fnmatch(c.framework, p) for p in frameworks)]
-    if backbones:
-        cases = [
-            c
-            for c in cases
-            if any(
-                fnmatch.fnmatch(c.backbone, p) or fnmatch.fnmatch(c.backbone, f"*:{p}")
-                for p in backbones
-            )
-        ]
+    cases = select(expand(s), frameworks, backbones)
     if not cases:
-        raise ConfigError(f"no case of suite {s.name!r} matches the filters")
+        raise ConfigError(
+            f"no case of suite {s.name!r} matches the filters; its frameworks: "
+            f"{', '.join(dict.fromkeys(c.framework for c in expand(s)))}; its backbones: "
+            f"{', '.join(dict.fromkeys(c.backbone for c in expand(s)))}"
+        )
     skip = check(cases)
     started = time.perf_counter()
     doc: dict[str, Any] = {

@@ -152,6 +152,49 @@ class TorchRuleOptimizer(keras.optimizers.Optimizer):
             else:
                 self.slots[slot] = [self.add_variable_from_reference(v, slot) for v in variables]
 
+    def _backend_update_step(self, grads: list, variables: list, learning_rate: Any) -> None:
+        if keras.backend.backend() == "torch":  # eager: one batched update, not one per
+            self._torch_update(grads, variables, learning_rate)  # variable
+        else:  # traced into the compiled step, where XLA fuses the per-variable updates
+            super()._backend_update_step(grads, variables, learning_rate)
+
+    def _torch_update(self, grads: list, variables: list, learning_rate: Any) -> None:
+        """The rules of ``update_step`` with ``torch._foreach_*`` ops, as Keras's own
+        PyTorch-backend optimizers do."""
+        import torch
+
+        o = self.spec
+        idx = [self._get_variable_index(v) for v in variables]
+        ps = [v.value for v in variables]
+        lr = float(ops.convert_to_numpy(learning_rate))
+        lrs = [lr * self.multiples[i] for i in idx]
+        with torch.no_grad():
+            g = [gr.to(p.dtype) for gr, p in zip(grads, ps, strict=True)]
+            if o.weight_decay and o.name != "adamw":  # L2 added to the gradient
+                g = torch._foreach_add(g, ps, alpha=o.weight_decay)
+            if o.name == "sgd":
+                bufs = [self.slots["momentum"][i].value for i in idx]
+                torch._foreach_mul_(bufs, o.momentum)
+                torch._foreach_add_(bufs, g)
+                torch._foreach_add_(ps, torch._foreach_mul(bufs, [-x for x in lrs]))
+                return
+            steps, m, v = ([self.slots[s][i].value for i in idx] for s in ("step", "m", "v"))
+            torch._foreach_add_(steps, 1.0)
+            if o.name == "adamw" and o.weight_decay:  # decoupled, as torch.optim.AdamW
+                torch._foreach_mul_(ps, [1.0 - x * o.weight_decay for x in lrs])
+            torch._foreach_mul_(m, o.beta1)
+            torch._foreach_add_(m, g, alpha=1.0 - o.beta1)
+            torch._foreach_mul_(v, o.beta2)
+            torch._foreach_addcmul_(v, g, g, value=1.0 - o.beta2)
+            t = [float(s) for s in steps]
+            denom = torch._foreach_div(v, [1.0 - o.beta2**n for n in t])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, o.eps)
+            step_sizes = [x / (1.0 - o.beta1**n) for x, n in zip(lrs, t, strict=True)]
+            num = torch._foreach_mul(m, step_sizes)
+            torch._foreach_div_(num, denom)
+            torch._foreach_sub_(ps, num)
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         i = self._get_variable_index(variable)
         o = self.spec

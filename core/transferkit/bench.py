@@ -921,7 +921,14 @@ def charts(doc: dict[str, Any], out: Path) -> list[Path]:
                     label=r["framework"],
                 )
             ax.set_xscale("log")
-            shots = sorted({int(k) for r in acc for k in r["accuracy"]["per_shots"]})
+            shots = sorted(
+                {
+                    int(k)
+                    for r in acc
+                    if (r["task"], r["arch"]) == (task, arch)
+                    for k in r["accuracy"]["per_shots"]
+                }
+            )
             ax.set_xticks(shots, [str(k) for k in shots])
             ax.minorticks_off()
             ax.set_title(f"{task}: {arch}", fontsize=10)

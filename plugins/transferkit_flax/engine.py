@@ -272,15 +272,13 @@ class FlaxEngine(Engine):
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
         t = self._train
-        x, y = np.asarray(x, np.float32), np.asarray(y)
-        if self.mesh is None:  # numpy straight into the jitted step: jax's fast path
-            xb, yb, wb = x, y, np.ones(len(x), np.float32)
-        else:  # padded to a multiple of the devices; padding rows weigh 0
-            xb, n = self._put(x)
-            yb, _ = self._put(y)
-            w = np.zeros(len(xb), np.float32)
-            w[:n] = 1.0
-            wb, _ = self._put(w)
+        # numpy goes straight into the jitted step (jax's fast path); with a mesh, the
+        # batch is padded to a multiple of the devices and the padding rows weigh 0
+        xb, n = self._put(np.asarray(x, np.float32))
+        yb, _ = self._put(np.asarray(y))
+        w = np.zeros(len(xb), np.float32)
+        w[:n] = 1.0
+        wb, _ = self._put(w)
         t["tr"], t["st"], t["opt"], self._key, loss = t["step"](
             t["tr"], t["fr"], t["st"], t["opt"], xb, yb, wb, np.float32(lr), self._key
         )

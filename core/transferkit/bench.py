@@ -574,12 +574,13 @@ def run(
     s = load_suite("quick" if quick and suite == "default" else suite)
     overrides = {"timeout_s": timeout_s, "steps": steps}
     s = Suite(**{**asdict_shallow(s), **{k: v for k, v in overrides.items() if v is not None}})
-    cases = select(expand(s), frameworks, backbones)
+    every = expand(s)
+    cases = select(every, frameworks, backbones)
     if not cases:
         raise ConfigError(
             f"no case of suite {s.name!r} matches the filters; its frameworks: "
-            f"{', '.join(dict.fromkeys(c.framework for c in expand(s)))}; its backbones: "
-            f"{', '.join(dict.fromkeys(c.backbone for c in expand(s)))}"
+            f"{', '.join(dict.fromkeys(c.framework for c in every))}; its backbones: "
+            f"{', '.join(dict.fromkeys(c.backbone for c in every))}"
         )
     skip = check(cases)
     started = time.perf_counter()

@@ -143,7 +143,7 @@ def test_device_selection_and_errors(tmp_path):
     assert on_cpu.engine.device == torch.device("cpu")
     np.testing.assert_allclose(on_cpu.logits(x), model.logits(x), atol=1e-5)
 
-    with pytest.raises(errors.ConfigError, match="'tpu9' is not a torch device.*'cuda:<index>'"):
+    with pytest.raises(errors.ConfigError, match="'tpu9' is not a device name.*'cuda:<index>'"):
         tk.build("torch:mlp", head=tk.Classifier(3), device="tpu9")
     with pytest.raises(errors.ConfigError, match="'cuda:99' is not available.*'auto' or 'cpu'"):
         tk.build("torch:mlp", head=tk.Classifier(3), device="cuda:99")

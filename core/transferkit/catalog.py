@@ -70,6 +70,14 @@ class BackboneSpec:
         resizable: whether images of other sizes may be fed (fully convolutional).
         ignore_keys: prefixes of keys a weights file may hold that are not part of
             the backbone (a pretrained classifier, for example).
+        loads_pretrained: the framework's own loading code reads the pretrained weights
+            (a model hub's cache, say) instead of transferkit reading ``weights``; the
+            factory then receives ``pretrained=True|False``.
+        options: metadata the registering adapter keeps for itself (core never reads it).
+        min_input_size: images: the smallest height and width the backbone takes
+            (``build(input_shape=...)`` below it is an error; the pipeline resizes inputs).
+        max_length: text: the longest ``input_shape=(max_length,)`` the model's position
+            embeddings allow (None: no limit known).
     """
 
     name: str
@@ -88,6 +96,8 @@ class BackboneSpec:
     ignore_keys: tuple[str, ...] = ()
     loads_pretrained: bool = False
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    min_input_size: int = 1
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.name.count(":") != 1 or not all(self.name.split(":")):
@@ -110,7 +120,16 @@ class BackboneSpec:
                 "backbone layer group; call it something else ('conv_head', say)"
             )
         object.__setattr__(self, "groups", groups)
-        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        try:
+            shape = tuple(int(s) for s in self.input_shape)
+            if not shape or min(shape) < 1 or int(self.feature_size) < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"backbone {self.name!r}: input_shape {self.input_shape!r} and feature_size "
+                f"{self.feature_size!r} must be positive integers"
+            ) from None
+        object.__setattr__(self, "input_shape", shape)
         object.__setattr__(self, "tags", tuple(self.tags))
 
     @property

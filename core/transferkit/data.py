@@ -6,6 +6,7 @@ Neutral data is numpy: images channels-last float32 ``(N, H, W, C)`` with values
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class Dataset:
     def __post_init__(self) -> None:
         if isinstance(self.x, np.ndarray) or not isinstance(self.x, (list, tuple)):
             self.x = np.asarray(self.x)
+        elif self.x and not isinstance(self.x[0], str):
+            self.x = _stack(self.x, f"dataset {self.name}".strip())
         else:
             self.x = list(self.x)
         if self.y is not None:
@@ -80,6 +83,30 @@ class Dataset:
         return few_shot(self, shots, seed=seed)
 
 
+def as_dataset(data: Any, what: str = "data") -> Dataset:
+    """A :class:`Dataset` from what a user passes: a Dataset, or an ``(x, y)`` pair."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        return Dataset(*data)
+    raise InputDTypeError(
+        f"{what} must be a tk.Dataset or an (x, y) tuple, got {type(data).__name__}; wrap "
+        "arrays as tk.Dataset(x, y) (x alone has no labels to train or evaluate on)"
+    )
+
+
+def _stack(items: Sequence[Any], what: str) -> np.ndarray:
+    """A list of same-shape arrays as one array; a ragged list is named, not a numpy error."""
+    shapes = {np.shape(a) for a in items}
+    if len(shapes) > 1:
+        raise InputShapeError(
+            f"{what}: the inputs have different shapes ({', '.join(map(str, sorted(shapes)[:3]))}"
+            f"{', ...' if len(shapes) > 3 else ''}); resize them to one size first, or load "
+            "them with tk.data.image_folder(root, size=(H, W))"
+        )
+    return np.asarray(items)
+
+
 def few_shot(data: Dataset, shots: int, seed: int = 0) -> Dataset:
     """A stratified sample of exactly ``shots`` examples per class.
 
@@ -87,8 +114,8 @@ def few_shot(data: Dataset, shots: int, seed: int = 0) -> Dataset:
     """
     if data.y is None:
         raise LabelError("few-shot sampling needs labels")
-    if shots < 1:
-        raise EmptyDataError(f"shots must be >= 1, got {shots}")
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise EmptyDataError(f"shots must be an integer >= 1, got {shots!r}")
     rng = np.random.default_rng(seed)
     picks, short = [], []
     for c in range(data.num_classes):
@@ -112,8 +139,12 @@ def train_val_split(
     data: Dataset, fraction: float, seed: int = 0, stratify: bool = True
 ) -> tuple[Dataset, Dataset]:
     """Split into (train, val) with about ``fraction`` of each class in val."""
-    if not 0.0 < fraction < 1.0:
-        raise EmptyDataError(f"split fraction must be in (0, 1), got {fraction}")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not (0.0 < fraction < 1.0)
+    ):
+        raise EmptyDataError(f"split fraction must be a number in (0, 1), got {fraction!r}")
     rng = np.random.default_rng(seed)
     n = len(data)
     if stratify and data.y is not None and data.y.dtype.kind == "i":
@@ -162,8 +193,11 @@ def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datas
             try:
                 with Image.open(f) as im:
                     arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-            except OSError as e:
-                raise InputDTypeError(f"cannot read image {str(f)!r}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file
+                raise InputDTypeError(
+                    f"cannot read image {str(f)!r} ({type(e).__name__}: {e}); remove or "
+                    "replace the file"
+                ) from None
             if size is not None:
                 arr = resize(arr[None], size)[0]
             xs.append(arr)
@@ -178,12 +212,17 @@ def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datas
 
 
 def read_table(
-    path: str | Path, text: str = "text", label: str = "label", classes: Sequence[str] | None = None
+    path: str | Path,
+    text: str = "text",
+    label: str = "label",
+    classes: Sequence[str] | None = None,
+    encoding: str = "utf-8",
 ) -> Dataset:
-    """Texts and labels from a CSV or JSONL file (one object per line).
+    """Texts and labels from a CSV or JSONL file (one object per line), read as UTF-8
+    (a byte-order mark is skipped) unless ``encoding`` says otherwise.
 
     Labels may be class names (mapped to indices in sorted order, or in the order of
-    ``classes``) or integers.
+    ``classes``) or integers. Every row must have a text and a label.
     """
     import csv
     import json
@@ -191,25 +230,57 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise EmptyDataError(f"{str(path)!r} does not exist")
-    rows: list[dict[str, Any]]
+    try:
+        content = path.read_bytes().decode("utf-8-sig" if encoding == "utf-8" else encoding)
+    except UnicodeDecodeError as e:
+        raise InputDTypeError(
+            f"{str(path)!r} is not {encoding} text (byte {e.start}: {e.reason}); save it as "
+            "UTF-8, or pass encoding='latin-1' (say) to read_table"
+        ) from None
+    except LookupError:
+        raise InputDTypeError(f"unknown encoding {encoding!r}") from None
+    rows: list[Any]
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
-        try:
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise InputDTypeError(f"{str(path)!r} is not valid JSONL: {e}") from None
+        rows = []
+        for n, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputDTypeError(f"{str(path)!r} line {n} is not valid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise InputDTypeError(
+                    f"{str(path)!r} line {n} is a JSON {type(row).__name__}, not an object "
+                    f'like {{"{text}": "...", "{label}": "..."}}'
+                )
+            rows.append((n, row))
     else:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        rows = [(n, r) for n, r in enumerate(reader, start=2)]
     if not rows:
         raise EmptyDataError(f"{str(path)!r} holds no rows")
     for col in (text, label):
-        if col not in rows[0]:
+        if col not in rows[0][1]:
             raise LabelError(
-                f"{str(path)!r} has no column {col!r} (columns: {', '.join(map(str, rows[0]))}); "
-                f"pass text=... and label=... to name them"
+                f"{str(path)!r} has no column {col!r} (columns: "
+                f"{', '.join(map(str, rows[0][1]))}); pass text=... and label=... to name them"
             )
-    texts = [r.get(text) for r in rows]
-    raw = [r.get(label) for r in rows]
+    texts, raw = [], []
+    for n, r in rows:
+        t, v = r.get(text), r.get(label)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise LabelError(f"{str(path)!r} line {n} has no {label!r}: every row needs a label")
+        if not isinstance(t, str):
+            raise InputDTypeError(
+                f"{str(path)!r} line {n}: {text!r} is {type(t).__name__} {t!r:.40}, not text"
+            )
+        if isinstance(v, (dict, list, float, bool)):
+            raise LabelError(
+                f"{str(path)!r} line {n}: label {v!r:.40} is not a class name or an integer"
+            )
+        texts.append(t)
+        raw.append(v)
     if (
         all(
             isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
@@ -230,12 +301,24 @@ def read_table(
 
 def load_npz(path: str | Path) -> Dataset:
     """Load ``x``, ``y`` (and optional ``classes``) arrays from an ``.npz`` file."""
-    with np.load(path, allow_pickle=False) as f:
-        if "x" not in f:
-            raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
-        classes = [str(c) for c in f["classes"]] if "classes" in f else None
-        labels = f["y"] if "y" in f else None  # noqa: SIM401 - NpzFile has no .get
-        return Dataset(f["x"], labels, classes, name=Path(path).stem)
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("it holds a single array, not named arrays x and y")
+            if "x" not in f:
+                raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
+            classes = [str(c) for c in f["classes"]] if "classes" in f else None
+            labels = f["y"] if "y" in f else None  # noqa: SIM401 - NpzFile has no .get
+            return Dataset(f["x"], labels, classes, name=Path(path).stem)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, EmptyDataError):
+            raise
+        raise InputDTypeError(
+            f"cannot read {str(path)!r} as an .npz of arrays x and y ({e}); write it with "
+            "numpy.savez(path, x=..., y=...) (object arrays are not read)"
+        ) from None
 
 
 def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:
@@ -273,12 +356,13 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
                 raise EmptyDataError(f"{what}[{i}] is an empty string; drop it or give it text")
         return
     if isinstance(x, (list, tuple)):
-        x = np.asarray(x)
+        x = _stack(x, what) if len(x) else np.zeros((0,))
     if not isinstance(x, np.ndarray):
         raise InputDTypeError(f"{what} must be a numpy array, got {type(x).__name__}")
     if x.dtype.kind not in "fiub":
         raise InputDTypeError(
-            f"{what} has dtype {x.dtype}; expected numbers (float32 images in [0, 1])"
+            f"{what} has dtype {x.dtype}; expected numbers (float32 images in [0, 1], or "
+            "integer images in 0-255)"
         )
     if len(x) == 0:
         raise EmptyDataError(f"{what} is empty (0 examples)")
@@ -301,6 +385,39 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
         bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
         raise NonFiniteInputError(
             f"{what} contains NaN or infinite values in {bad} example(s); clean or drop them"
+        )
+    if input_kind == "image":
+        check_image_range(x, what)
+
+
+#: float images may stray this far outside [0, 1] (rounding in the user's own resizing)
+RANGE_SLACK = 1e-3
+
+
+def check_image_range(x: np.ndarray, what: str = "x") -> None:
+    """Images are floats in [0, 1] or integers in 0-255 (scaled by 1/255 in the pipeline,
+    as Keras and torchvision users expect); anything else is named, not guessed at."""
+    if x.dtype.kind == "b" or x.size == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if x.dtype.kind in "iu":
+        if lo < 0 or hi > 255:
+            raise InputDTypeError(
+                f"{what} holds integer images with values {lo:g}..{hi:g}; integer images must "
+                "be 0-255 (uint8). Convert others to float32 in [0, 1]"
+            )
+        return
+    if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        hint = (
+            " (looks like 0-255: pass the uint8 array, or divide by 255)"
+            if hi > 1.5 and hi <= 255
+            else " (looks normalised already: pass images before normalisation; the pipeline "
+            "applies each backbone's mean and std)"
+            if lo < 0
+            else ""
+        )
+        raise InputDTypeError(
+            f"{what} holds float images with values {lo:.4g}..{hi:.4g}, outside [0, 1]{hint}"
         )
 
 

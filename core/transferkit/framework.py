@@ -16,6 +16,7 @@ an adapter converts to its own layout.
 from __future__ import annotations
 
 import importlib.util
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,10 +26,74 @@ from typing import Any
 import numpy as np
 
 from .catalog import BackboneSpec
-from .errors import ConfigError, FrameworkNotInstalledError
+from .errors import ConfigError, FrameworkNotInstalledError, WeightsError
 from .heads import Head
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|gpu|tpu)(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class BuildOption:
+    """A keyword that ``tk.build`` passes to a framework's ``build``: declared once by the
+    framework (or per backbone, see :meth:`Framework.build_options`) and checked by core
+    before the framework is imported, so every adapter rejects the same mistakes with
+    the same message.
+
+    ``types``: accepted Python types; ``choices``: accepted values (empty: any of the
+    types); ``default``: what the framework uses when the option is not given.
+    """
+
+    name: str
+    types: tuple[type, ...]
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    #: how the accepted values read in a message, where ``choices`` cannot list them
+    spelling: str = ""
+
+    def describe(self) -> str:
+        if self.spelling:
+            return f"{self.name}={self.spelling}"
+        if self.choices:
+            return f"{self.name}=" + "|".join(repr(c) for c in self.choices)
+        return f"{self.name}=<{'|'.join(t.__name__ for t in self.types)}> ({self.help})"
+
+    def check(self, backbone: str, value: Any) -> Any:
+        ok = isinstance(value, self.types) and not (
+            isinstance(value, bool) and bool not in self.types
+        )
+        if self.choices and value not in self.choices:
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"option {self.name}={value!r:.60} of {backbone!r} is not valid: expected "
+                f"{self.describe()}"
+            )
+        return value
+
+
+def check_device(device: Any) -> str:
+    """A device name in transferkit's neutral spelling: ``"auto"`` (the framework's
+    default: a GPU where it sees one), ``"cpu"``, ``"cuda"``/``"gpu"`` (with an optional
+    ``":index"``), ``"mps"`` or ``"tpu"``. Each adapter maps it to its own placement."""
+    name = str(device) if hasattr(device, "type") else device  # torch.device, say
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ConfigError(
+            f"device={device!r:.60} is not a device name; use 'auto', 'cpu', 'cuda' (or "
+            "'gpu'), 'cuda:<index>', 'mps' or 'tpu'"
+        )
+    return name
+
+
+#: every framework takes ``device=``
+DEVICE = BuildOption(
+    "device",
+    (str,),
+    "auto",
+    "where the model runs",
+    spelling="'auto'|'cpu'|'cuda'|'cuda:<index>'|'mps'|'tpu'",
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +141,20 @@ class Engine(ABC):
 
     @abstractmethod
     def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Load arrays that core has already checked against ``param_shapes``."""
+        """Load arrays that core has already checked against ``param_shapes``. A subset
+        is allowed (the backbone's weights, say); a name the model does not have is an
+        error in every adapter: call :meth:`check_names` first."""
+
+    def check_names(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Raise :class:`~transferkit.errors.WeightsError` for names this model lacks, so
+        no adapter silently ignores a weight it was given."""
+        unexpected = sorted(set(arrays) - set(self.param_shapes()))
+        if unexpected:
+            more = f" (+{len(unexpected) - 4} more)" if len(unexpected) > 4 else ""
+            raise WeightsError(
+                f"set_weights: this model has no weights named {', '.join(unexpected[:4])}"
+                f"{more}; names are canonical ('backbone.<name>', 'head.<layer>.weight')"
+            )
 
     # --- inference (one batch each) ----------------------------------------------
     @abstractmethod
@@ -171,6 +249,31 @@ class Framework(ABC):
             return _v(self.requires[0]) if self.requires else None
         except PackageNotFoundError:
             return None
+
+    #: build options every backbone of this framework takes, besides ``device``
+    options: tuple[BuildOption, ...] = ()
+
+    def build_options(self, spec: BackboneSpec) -> tuple[BuildOption, ...]:
+        """Every option ``build`` accepts for ``spec``: ``device``, the framework's
+        :attr:`options`, and any an adapter adds per backbone (override to add them)."""
+        return (DEVICE, *self.options)
+
+    def check_options(self, spec: BackboneSpec, options: dict[str, Any]) -> dict[str, Any]:
+        """Core's check of user build options against :meth:`build_options`; returns
+        them with the device name checked. Runs before the framework is imported."""
+        known = {o.name: o for o in self.build_options(spec)}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} for {spec.name!r}; the {self.name} "
+                f"framework takes {', '.join(o.describe() for o in known.values())}"
+            )
+        out = {}
+        for key, value in options.items():
+            out[key] = (
+                check_device(value) if key == "device" else known[key].check(spec.name, value)
+            )
+        return out
 
     def resolve(self, name: str, assets: Path | None = None) -> BackboneSpec | None:
         """A backbone that is not registered but that this framework can make from its

@@ -12,7 +12,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import validate
 from .errors import ConfigError
+
+#: more classes, outputs or hidden units than this is a mistake, not a model
+MAX_UNITS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,22 @@ class Head:
     # Subclasses define: hidden: tuple[int, ...], dropout: float, and outputs.
 
     def _check(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden sizes must be positive, got {self.hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.outputs < 1:
-            raise ConfigError(f"{type(self).__name__} needs at least one output")
+        name = type(self).__name__
+        hidden = self.hidden
+        if isinstance(hidden, int) and not isinstance(hidden, bool):
+            hidden = (hidden,)  # hidden=64 means one hidden layer of 64
+        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+            raise ConfigError(
+                f"{name}(hidden=...) must be a tuple of layer sizes such as (256,), got {hidden!r}"
+            )
+        hidden = tuple(
+            validate.integer(f"{name}(hidden[{i}])", h, 1, MAX_UNITS) for i, h in enumerate(hidden)
+        )
+        object.__setattr__(self, "hidden", hidden)
+        dropout = validate.number(f"{name}(dropout)", self.dropout, 0.0)
+        if dropout >= 1.0:
+            raise ConfigError(f"{name}(dropout) must be in [0, 1), got {dropout}")
+        object.__setattr__(self, "dropout", dropout)
 
     def dense_layers(self, feature_size: int) -> list[DenseLayer]:
         """The layers an adapter builds, input to output."""
@@ -77,13 +90,15 @@ class Head:
 
     @staticmethod
     def from_config(cfg: dict[str, Any]) -> Head:
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"a head configuration is a JSON object, got {cfg!r:.60}")
         cfg = dict(cfg)
         kind = cfg.pop("kind", None)
         for cls in (Classifier, Regressor):
             if cls.kind == kind:
                 try:
                     return cls(**cfg)
-                except TypeError as e:
+                except (TypeError, ConfigError) as e:
                     raise ConfigError(f"bad {kind} head configuration {cfg}: {e}") from None
         raise ConfigError(f"unknown head kind {kind!r}; expected 'classifier' or 'regressor'")
 
@@ -108,9 +123,8 @@ class Classifier(Head):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if int(self.num_classes) < 2:
-            raise ConfigError(f"Classifier needs num_classes >= 2, got {self.num_classes}")
-        object.__setattr__(self, "num_classes", int(self.num_classes))
+        n = validate.integer("Classifier(num_classes)", self.num_classes, 2, MAX_UNITS)
+        object.__setattr__(self, "num_classes", n)
         self._check()
 
     @property
@@ -131,5 +145,6 @@ class Regressor(Head):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "outputs", int(self.outputs))
+        n = validate.integer("Regressor(outputs)", self.outputs, 1, MAX_UNITS)
+        object.__setattr__(self, "outputs", n)
         self._check()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import atomic, metrics, validate
 from . import weights as wio
 from .catalog import BackboneSpec, LayerGroup
 from .data import Dataset, check_inputs, check_labels
@@ -186,41 +183,33 @@ class Model:
     def save(self, path: str | Path) -> Path:
         """Save backbone + head + config as a directory (safetensors + JSON).
 
-        The directory is written beside the target and swapped in at the end, so an
-        error part-way never leaves a half-written or corrupted model behind.
+        The directory is written beside the target and swapped in at the end: at every
+        instant (a kill included) ``path`` holds the previous model or the new one,
+        complete, or :func:`load` recovers it from beside ``path``.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise ConfigError(f"save() needs a directory path, got {path!r:.60}")
+
+        def fill(tmp: Path) -> None:
             wio.save(self.engine.get_weights(), tmp / WEIGHTS_FILE, {"format": FORMAT})
             cfg = self.config()
             (tmp / ASSETS).mkdir()
             self.engine.save_assets(tmp / ASSETS)
             if not any((tmp / ASSETS).iterdir()):
                 (tmp / ASSETS).rmdir()
-            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
             if self.history:
                 (tmp / "history.json").write_text(json.dumps(self.history, indent=2))
-            _swap_in(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return path
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))  # the marker: last
+
+        return atomic.write_dir(Path(path), fill, CONFIG_FILE, _check_target, "model directory")
 
 
-def _swap_in(new: Path, target: Path) -> None:
-    if target.exists() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
+def _check_target(target: Path) -> None:
+    if target.is_dir() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
         raise ModelDirError(
             f"{str(target)!r} exists and is not a transferkit model directory; "
             "refusing to overwrite it"
         )
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _resolve_weights(
@@ -270,16 +259,33 @@ def build(
 
         model = tk.build("torch:cnn", head=tk.Classifier(num_classes=5))
     """
-    spec = _spec(name, options.get("assets"))
+    validate.string("build(name)", name)
+    if ":" not in name:
+        raise ConfigError(
+            f"build({name!r}): backbone names are 'framework:name', e.g. 'torch:cnn'; "
+            "run `transferkit backbones` to list them"
+        )
+    assets = options.pop("assets", None)  # internal: what a saved model wrote (load)
+    spec = _spec(name, assets)
     if not isinstance(head, Head):
         raise ConfigError(
             f"build({name!r}) needs head=, e.g. tk.Classifier(num_classes=5) or tk.Regressor(1); "
-            f"got {head!r}"
+            f"got {head!r:.80}"
+        )
+    seed = validate.integer("seed", seed, 0, 2**32 - 1)
+    classes = _classes(classes, head)
+    if not (weights is None or isinstance(weights, (bool, str, Path))):
+        raise ConfigError(
+            f"weights={weights!r:.60}: expected 'pretrained', None, or the path of a "
+            "safetensors file"
         )
     shape = _input_shape(spec, input_shape)
     framework = registry().framework(spec.framework)
+    options = framework.check_options(spec, options)
     framework.ensure_installed()
     spec = framework.specialise(spec, shape)
+    if assets is not None:
+        options["assets"] = assets
     if spec.loads_pretrained:  # the framework's own loading code reads the checkpoint
         options["pretrained"] = weights is True or weights == PRETRAINED
         if options["pretrained"]:
@@ -320,12 +326,17 @@ def _spec(name: str, assets: Any = None) -> BackboneSpec:
 def _input_shape(spec: BackboneSpec, input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
     if input_shape is None:
         return spec.input_shape
-    shape = tuple(int(s) for s in input_shape)
+    try:
+        shape = validate.shape("input_shape", input_shape)
+    except ConfigError as e:
+        raise InputShapeError(f"backbone {spec.name!r}: {e}") from None
     if spec.input_kind == "text":
-        if len(shape) != 1 or not 1 <= shape[0] <= 4096:
+        limit = spec.max_length or 4096
+        if len(shape) != 1 or shape[0] > limit:
             raise InputShapeError(
                 f"backbone {spec.name!r} takes text; input_shape=(max_length,) sets the "
-                f"truncation length (default {spec.input_shape[0]}), got {shape}"
+                f"truncation length (default {spec.input_shape[0]}, at most {limit}, the "
+                f"model's position limit), got {shape}"
             )
         return shape
     if spec.input_kind != "image" or len(shape) != 3:
@@ -344,7 +355,28 @@ def _input_shape(spec: BackboneSpec, input_shape: tuple[int, ...] | None) -> tup
         raise InputShapeError(
             f"backbone {spec.name!r} only takes input_shape {spec.input_shape} (not {shape})"
         )
+    if min(shape[:2]) < spec.min_input_size:
+        raise InputShapeError(
+            f"backbone {spec.name!r} takes images of at least {spec.min_input_size}x"
+            f"{spec.min_input_size} pixels, got input_shape {shape}; the pipeline resizes "
+            f"smaller images up for you, so ask for input_shape=({spec.min_input_size}, "
+            f"{spec.min_input_size}, {shape[-1]}) or more"
+        )
     return shape
+
+
+def _classes(classes: Any, head: Head) -> list[str] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise ConfigError(f"classes must be a list of class names, got {classes!r:.60}")
+    names = [str(c) for c in classes]
+    if isinstance(head, Classifier) and len(names) != head.num_classes:
+        raise ConfigError(
+            f"classes names {len(names)} classes but the head has {head.num_classes}; give "
+            "one name per class"
+        )
+    return names
 
 
 def load(path: str | Path, framework: str | None = None, **options: Any) -> Model:
@@ -353,7 +385,10 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     ``framework="flax"`` (say) rebuilds a model saved from PyTorch in Flax through the
     shared reference architecture and canonical weight names.
     """
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"load() needs a model directory path, got {path!r:.60}")
     path = Path(path)
+    atomic.recover(path, CONFIG_FILE)  # a save that was killed mid-swap
     cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not path.is_dir():
         raise ModelDirError(f"model directory {str(path)!r} does not exist")
@@ -363,9 +398,7 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
                 f"{str(path)!r} is not a complete transferkit model: {f.name} is missing"
             )
     try:
-        cfg = json.loads(cfg_file.read_text())
-        if cfg.get("format") != FORMAT:
-            raise ValueError(f"format is {cfg.get('format')!r}, not {FORMAT!r}")
+        cfg = read_config(cfg_file)
         head = Head.from_config(cfg["head"])
         name = cfg["backbone"]
         shape = tuple(cfg["input_shape"])
@@ -392,8 +425,55 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     model.weights_origin = str(path)
     history = path / "history.json"
     if history.is_file():
-        model.history = json.loads(history.read_text())
+        try:
+            model.history = json.loads(history.read_text())
+        except (ValueError, UnicodeDecodeError):
+            model.history = []  # a log, not the model: a bad one loses nothing that matters
     return model
+
+
+#: config.json fields: name -> (accepted types, required)
+_CONFIG_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "backbone": ((str,), True),
+    "head": ((dict,), True),
+    "input_shape": ((list,), True),
+    "framework": ((str,), False),
+    "arch": ((str, type(None)), False),
+    "classes": ((list, type(None)), False),
+    "options": ((dict,), False),
+    "adapter": ((dict, type(None)), False),
+    "weights_origin": ((str, type(None)), False),
+}
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A saved model's ``config.json``, checked field by field (``ValueError`` names the
+    first field that is wrong)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"expected a JSON object, found {type(cfg).__name__}")
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"format is {cfg.get('format')!r}, not {FORMAT!r}")
+    for key, (types, required) in _CONFIG_FIELDS.items():
+        if key not in cfg:
+            if required:
+                raise ValueError(f"field {key!r} is missing")
+            continue
+        if not isinstance(cfg[key], types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"field {key!r} is {cfg[key]!r:.40}, expected {expected}")
+    if not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in cfg["input_shape"]
+    ):
+        raise ValueError(
+            f"field 'input_shape' is {cfg['input_shape']!r:.40}, expected positive integers"
+        )
+    if cfg.get("classes") is not None and not all(isinstance(c, str) for c in cfg["classes"]):
+        raise ValueError("field 'classes' must be a list of strings")
+    return cfg
 
 
 def _realisation(cfg: dict[str, Any], framework: str) -> str:

@@ -39,10 +39,12 @@ def prepare_images(
 ) -> np.ndarray:
     """Images in [0, 1], any size, grey or RGB -> normalised float32 ``(N, *input_shape)``.
 
-    Grey images are repeated to 3 channels for RGB backbones; RGB images are averaged
-    for grey backbones.
+    Integer images (0-255, what image loaders return) are scaled by 1/255. Grey images
+    are repeated to 3 channels for RGB backbones; RGB images are averaged for grey
+    backbones.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    x = x.astype(np.float32) / 255.0 if x.dtype.kind in "iu" else x.astype(np.float32)
     if x.ndim == 3:
         x = x[..., None]
     channels = input_shape[-1]

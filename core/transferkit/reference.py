@@ -55,7 +55,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         std=(0.5,),
         tags=("small", "digits"),
         description="2-layer MLP on flattened 8x8 grey images (64 features)",
-        resizable=True,
+        resizable=False,  # flattened: other sizes would change fc1's shape
     ),
     "cnn": dict(
         input_kind="image",
@@ -66,6 +66,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         mean=(0.5,),
         std=(0.5,),
         tags=("small", "digits"),
+        min_input_size=8,  # three stride-2 convolutions down to 1x1
         description="4-stage conv net (3x3 conv-BN-ReLU, global average pool; 128 features) "
         "for 8x8 to 64x64 images",
     ),
@@ -80,6 +81,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         std=(0.229, 0.224, 0.225),
         tags=("resnet", "imagenet-architecture"),
         ignore_keys=("fc",),
+        min_input_size=32,  # five stride-2 stages down to 1x1
         description="ResNet-18 with torchvision's parameter names (512 features); a "
         "torchvision/timm ResNet-18 safetensors file loads unchanged",
     ),
@@ -96,6 +98,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         std=(0.5,),
         tags=("efficientnet", "imagenet", "mobile"),
         ignore_keys=("_fc",),
+        min_input_size=32,  # five stride-2 stages down to 1x1
         description="EfficientNet-Lite0 (no SE, ReLU6, TF 'same' padding; 1280 features), "
         "ImageNet weights",
     ),

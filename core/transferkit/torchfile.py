@@ -5,6 +5,13 @@ dicts and refuses every other class, which is what ``torch.load(weights_only=Tru
 does. transferkit uses this once, to convert a published checkpoint into a canonical
 safetensors file; models themselves are only ever loaded from safetensors.
 Both the zip format (torch >= 1.6) and the legacy format are read.
+
+A checkpoint is untrusted input, so nothing in it is believed before it is checked:
+every pickle stream, including the small header streams of the legacy format, goes
+through a restricted unpickler (unpickling with plain ``pickle`` runs code chosen by
+the file), and every tensor's offset, sizes and strides are bound-checked against its
+storage before numpy is given a strided view (``as_strided`` does no checks of its own
+and would read arbitrary memory). Any failure is a :class:`WeightsError` naming the file.
 """
 
 from __future__ import annotations
@@ -33,49 +40,114 @@ _DTYPES = {
     "BoolStorage": np.bool_,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001  # torch.serialization.PROTOCOL_VERSION; torch refuses any other
 
 
-class _StorageType:
+class _Corrupt(Exception):
+    """A checkpoint that breaks the format's rules: read_checkpoint turns it into a
+    WeightsError that names the file."""
+
+
+class _Sealed:
+    """Refuses pickle's BUILD opcode. Without this a crafted stream could overwrite an
+    object's attributes (a tensor's offset, a storage's buffer) after it was checked, or
+    set attributes on objects shared between loads."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Corrupt(f"the pickle sets the state of a {type(self).__name__.strip('_')}")
+
+
+class _StorageType(_Sealed):
+    __slots__ = ("dtype",)
+
     def __init__(self, name: str):
         self.dtype = np.dtype(_DTYPES[name])
 
 
-class _Storage:
+class _Storage(_Sealed):
     """A flat buffer, filled at once (zip format) or after unpickling (legacy format)."""
+
+    __slots__ = ("dtype", "numel", "data")
 
     def __init__(self, dtype: np.dtype, numel: int, data: np.ndarray | None = None):
         self.dtype, self.numel, self.data = dtype, numel, data
 
 
-class _Tensor:
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and value >= 0
+
+
+class _Tensor(_Sealed):
+    __slots__ = ("storage", "offset", "size", "stride")
+
     def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def array(self) -> np.ndarray:
-        flat = self.storage.data
-        if not self.size:
-            return np.array(flat[self.offset])
+        """A copy of the tensor's elements. The checks come first because as_strided
+        trusts its arguments: an offset, size or stride from the file that reaches past
+        the storage would read (and copy out) whatever memory lies beyond it."""
+        flat, offset, size, stride = self.storage.data, self.offset, self.size, self.stride
+        if not isinstance(flat, np.ndarray) or flat.ndim != 1:
+            raise _Corrupt("a tensor's storage has no data")
+        if not (_is_index(offset) and all(map(_is_index, size + stride))):
+            raise _Corrupt("a tensor's offset, sizes and strides are not non-negative integers")
+        if len(size) != len(stride):
+            raise _Corrupt(f"a tensor has {len(size)} sizes but {len(stride)} strides")
+        if 0 in size:  # no element is read, so no offset or stride can reach too far
+            return np.zeros(size, flat.dtype)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if last >= len(flat):
+            raise _Corrupt(f"a tensor reaches element {last} of a storage of {len(flat)} elements")
         item = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
-            flat[self.offset :], shape=self.size, strides=[s * item for s in self.stride]
+            flat[offset:], shape=size, strides=[s * item for s in stride]
         )
         return view.copy()
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    return _Tensor(storage, offset, tuple(size), tuple(stride))
+class _RebuildTensor(_Sealed):
+    """Stands in for ``torch._utils._rebuild_tensor_v2``; an instance per load, so that
+    nothing a pickle does to it outlives that load."""
+
+    __slots__ = ()
+
+    def __call__(self, storage, offset, size, stride, *_ignored) -> _Tensor:
+        if not isinstance(storage, _Storage):
+            raise _Corrupt("a tensor is built on something that is not a storage")
+        if not (isinstance(size, tuple | list) and isinstance(stride, tuple | list)):
+            raise _Corrupt("a tensor's sizes or strides are not sequences")
+        return _Tensor(storage, offset, tuple(size), tuple(stride))
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """For the legacy format's header streams (magic number, protocol version, system
+    info, storage keys), which hold plain data only: every global and every persistent
+    id is refused, so such a stream can build nothing but numbers, strings and
+    containers."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _Corrupt(f"a header of the checkpoint refers to {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Corrupt("a header of the checkpoint refers to a storage")
 
 
 class _Unpickler(pickle.Unpickler):
+    """For the stream that holds the state dict: tensors, storages and ordered dicts."""
+
     def __init__(self, file, storages: dict[str, _Storage], read_zip=None):
         super().__init__(file)
         self.storages, self.read_zip = storages, read_zip
+        self.rebuild = _RebuildTensor()
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
+            return self.rebuild
         if module == "torch" and name in _DTYPES:
             return _StorageType(name)
         raise WeightsError(
@@ -83,17 +155,23 @@ class _Unpickler(pickle.Unpickler):
             "of tensors are read"
         )
 
-    def persistent_load(self, pid: tuple) -> _Storage:
-        if pid[0] != "storage":
-            raise WeightsError(f"unsupported persistent object {pid[0]!r} in checkpoint")
-        storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
-        view = pid[5] if len(pid) > 5 else None
-        if view is not None:
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise _Corrupt(f"unsupported persistent object {str(pid)[:80]!r}")
+        if len(pid) not in (5, 6):
+            raise _Corrupt(f"a storage reference has {len(pid)} fields instead of 5 or 6")
+        storage_type, key, _location, numel = pid[1:5]
+        if len(pid) > 5 and pid[5] is not None:
             raise WeightsError("storage views in legacy checkpoints are not supported")
+        if not isinstance(storage_type, _StorageType):
+            raise _Corrupt("a storage reference has no storage type")
+        if not isinstance(key, str | int) or not _is_index(numel):
+            raise _Corrupt("a storage reference has a bad key or element count")
+        key = str(key)
         if key not in self.storages:
             data = None
             if self.read_zip is not None:
-                data = np.frombuffer(self.read_zip(key), dtype=storage_type.dtype)
+                data = self.read_zip(key, storage_type.dtype, numel)
             self.storages[key] = _Storage(storage_type.dtype, numel, data)
         return self.storages[key]
 
@@ -106,33 +184,83 @@ def _materialise(obj: Any) -> Any:
     return obj
 
 
+def _read_zip(raw: bytes) -> Any:
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+        if pkl is None:
+            raise _Corrupt("the archive has no data.pkl")
+        prefix = pkl[: -len("data.pkl")]
+
+        def storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+            buf = z.read(f"{prefix}data/{key}")
+            if len(buf) % dtype.itemsize or len(buf) // dtype.itemsize < numel:
+                raise _Corrupt(
+                    f"storage {key} has {len(buf)} bytes, not {numel} elements of {dtype}"
+                )
+            return np.frombuffer(buf, dtype=dtype)
+
+        storages: dict[str, _Storage] = {}
+        return _Unpickler(io.BytesIO(z.read(pkl)), storages, storage).load()
+
+
+def _read_legacy(raw: bytes) -> Any:
+    """torch's pre-zip format: four pickles (magic number, protocol version, system
+    info, the state dict), a pickled list of storage keys, then for each key its element
+    count as a little-endian int64 followed by the raw elements."""
+    f = io.BytesIO(raw)
+    magic = _DataUnpickler(f).load()
+    if not isinstance(magic, int) or magic != _LEGACY_MAGIC:
+        raise _Corrupt("it does not start with PyTorch's magic number")
+    protocol = _DataUnpickler(f).load()
+    if not isinstance(protocol, int) or protocol != _LEGACY_PROTOCOL:
+        raise _Corrupt(f"unknown legacy protocol version {str(protocol)[:40]}")
+    _DataUnpickler(f).load()  # system info, which torch does not use either
+    storages: dict[str, _Storage] = {}
+    result = _Unpickler(f, storages).load()
+    keys = _DataUnpickler(f).load()
+    if not isinstance(keys, list) or not all(isinstance(k, str | int) for k in keys):
+        raise _Corrupt("the storage key list is not a list of keys")
+    for key in map(str, keys):
+        st = storages.get(key)
+        if st is None or st.data is not None:
+            raise _Corrupt(f"storage {key!r} is listed but unused, or listed twice")
+        head = f.read(8)
+        if len(head) != 8:
+            raise _Corrupt(f"the file ends before storage {key!r}")
+        (numel,) = struct.unpack("<q", head)
+        if numel != st.numel:
+            raise _Corrupt(f"storage {key!r} holds {numel} elements, not {st.numel}")
+        nbytes = numel * st.dtype.itemsize
+        buf = f.read(nbytes)
+        if len(buf) != nbytes:
+            raise _Corrupt(f"the file ends inside storage {key!r}")
+        st.data = np.frombuffer(buf, dtype=st.dtype)
+    return result
+
+
 def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a PyTorch state-dict checkpoint, as numpy arrays by key."""
     path = Path(path)
     raw = path.read_bytes()
-    storages: dict[str, _Storage] = {}
+    where = repr(str(path))
     try:
-        if zipfile.is_zipfile(io.BytesIO(raw)):
-            with zipfile.ZipFile(io.BytesIO(raw)) as z:
-                pkl = next(n for n in z.namelist() if n.endswith("data.pkl"))
-                prefix = pkl[: -len("data.pkl")]
-                result = _Unpickler(
-                    io.BytesIO(z.read(pkl)), storages, lambda key: z.read(f"{prefix}data/{key}")
-                ).load()
-        else:
-            f = io.BytesIO(raw)
-            if pickle.load(f) != _LEGACY_MAGIC:
-                raise WeightsError(f"{str(path)!r} is not a PyTorch checkpoint")
-            pickle.load(f)  # protocol version
-            pickle.load(f)  # system info
-            result = _Unpickler(f, storages).load()
-            for key in pickle.load(f):
-                st = storages[str(key)]
-                (numel,) = struct.unpack("<q", f.read(8))
-                st.data = np.frombuffer(f.read(numel * st.dtype.itemsize), dtype=st.dtype)
-    except (pickle.UnpicklingError, EOFError, StopIteration, KeyError, struct.error) as e:
-        raise WeightsError(f"{str(path)!r} is not a readable PyTorch checkpoint: {e}") from None
-    result = result.get("state_dict", result) if isinstance(result, dict) else result
-    if not isinstance(result, dict):
-        raise WeightsError(f"{str(path)!r} does not hold a state dict")
-    return {k: v for k, v in _materialise(result).items() if isinstance(v, np.ndarray)}
+        result = _read_zip(raw) if zipfile.is_zipfile(io.BytesIO(raw)) else _read_legacy(raw)
+        result = result.get("state_dict", result) if isinstance(result, dict) else result
+        arrays = _materialise(result) if isinstance(result, dict) else None
+    except WeightsError as e:
+        raise WeightsError(f"{where}: {e}") from None
+    except _Corrupt as e:
+        raise WeightsError(
+            f"{where} is not a readable PyTorch checkpoint; it is corrupt or crafted: {e}"
+        ) from None
+    except Exception as e:
+        # The bytes reach pickle, zipfile, its decompressors and numpy, each with its own
+        # errors (UnpicklingError, EOFError, ValueError, struct.error, BadZipFile, zlib
+        # errors, MemoryError, RecursionError, ...); any of them means the same thing.
+        raise WeightsError(
+            f"{where} is not a readable PyTorch checkpoint; it is corrupt or crafted "
+            f"({type(e).__name__}: {e})"
+        ) from e
+    if arrays is None:
+        raise WeightsError(f"{where} does not hold a state dict")
+    return {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}

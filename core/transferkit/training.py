@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,16 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import atomic, metrics, validate
 from . import weights as wio
-from .data import Dataset, check_labels
-from .errors import ConfigError, ModelDirError, TrainingError
-from .framework import OptimizerSpec
+from .data import Dataset, as_dataset, check_labels
+from .errors import ConfigError, ModelDirError, TrainingError, TransferkitError, WeightsError
+from .framework import OPTIMIZERS, OptimizerSpec
 from .freeze import FreezePolicy, FullFineTune
 from .model import Model
 from .progress import Progress
 
 SCHEDULES = ("constant", "cosine")
+STATE_FILE = "state.json"
 
 
 def learning_rate(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
@@ -152,12 +150,10 @@ class TrainState:
             )
 
     def save(self, path: str | Path) -> None:
-        """Write to a directory atomically (the previous checkpoint survives a crash)."""
-        path = Path(path)
-        self.check_target(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        """Write to a directory atomically (the previous checkpoint survives a crash at
+        any instant; see :mod:`transferkit.atomic`)."""
+
+        def fill(tmp: Path) -> None:
             wio.save(self.weights, tmp / "weights.safetensors")
             wio.save(
                 self.optimizer or {"_empty": np.zeros(0, np.float32)}, tmp / "optimizer.safetensors"
@@ -168,31 +164,39 @@ class TrainState:
                 "rng": self.rng,
                 "history": self.history,
             }
-            (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2))  # the marker: last
+
+        atomic.write_dir(Path(path), fill, STATE_FILE, self.check_target, "training checkpoint")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainState:
         path = Path(path)
-        if not (path / "state.json").is_file():
-            raise ModelDirError(f"{str(path)!r} holds no training checkpoint (state.json)")
-        meta = json.loads((path / "state.json").read_text())
-        opt = wio.read(path / "optimizer.safetensors")
+        atomic.recover(path, STATE_FILE)
+        if not (path / STATE_FILE).is_file():
+            raise ModelDirError(f"{str(path)!r} holds no training checkpoint ({STATE_FILE})")
+        try:
+            meta = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, found {type(meta).__name__}")
+            epoch, step = meta["epoch"], meta["step"]
+            if not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, step)
+            ):
+                raise ValueError(f"epoch {epoch!r} and step {step!r} must be counts")
+            if not isinstance(meta["rng"], dict) or not isinstance(meta["history"], list):
+                raise ValueError("rng must be an object and history a list")
+        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            raise ModelDirError(
+                f"training checkpoint {str(path / STATE_FILE)!r} is corrupt ({e}); resume from "
+                "another checkpoint or start again"
+            ) from None
+        try:
+            opt = wio.read(path / "optimizer.safetensors")
+            weights = wio.read(path / "weights.safetensors")
+        except WeightsError as e:
+            raise ModelDirError(f"training checkpoint {str(path)!r}: {e}") from None
         opt.pop("_empty", None)
-        return cls(
-            meta["epoch"],
-            meta["step"],
-            wio.read(path / "weights.safetensors"),
-            opt,
-            meta["rng"],
-            meta["history"],
-        )
+        return cls(epoch, step, weights, opt, meta["rng"], meta["history"])
 
 
 class Trainer:
@@ -219,13 +223,32 @@ class Trainer:
         verbose: int | str = "auto",
     ):
         if not isinstance(model, Model):
-            raise ConfigError(f"fit() needs a model from tk.build or tk.load, got {type(model)}")
-        if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
             raise ConfigError(
-                f"epochs ({epochs}) and batch_size ({batch_size}) must be >= 1 and lr ({lr}) > 0"
+                f"fit() needs a model from tk.build or tk.load, got {type(model).__name__}"
             )
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
+        epochs = validate.integer("epochs", epochs, 1, 1_000_000)
+        batch_size = validate.integer("batch_size", batch_size, 1, 1 << 20)
+        lr = validate.number("lr", lr, 0.0, exclusive_minimum=True)
+        weight_decay = validate.number("weight_decay", weight_decay, 0.0)
+        momentum = validate.number("momentum", momentum, 0.0, 1.0)
+        warmup_steps = validate.integer("warmup_steps", warmup_steps, 0)
+        seed = validate.integer("seed", seed, 0, 2**32 - 1)
+        validate.choice("optimizer", optimizer, OPTIMIZERS)
+        validate.choice("schedule", schedule, SCHEDULES)
+        if cache_features not in (True, False, "auto"):
+            raise ConfigError(
+                f"cache_features must be True, False or 'auto', got {cache_features!r}"
+            )
+        if augment is not None and not callable(augment):
+            raise ConfigError(
+                f"augment must be a function f(batch, rng) -> batch, got {type(augment).__name__}"
+            )
+        if verbose not in (0, 1, 2, "auto", False, True):
+            raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            early_stopping = validate.integer("early_stopping (patience)", early_stopping, 1)
+        if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
+            raise ConfigError("callbacks must be a list of tk.Callback objects")
         self.model = model
         self.policy = freeze if freeze is not None else FullFineTune()
         if not isinstance(self.policy, FreezePolicy):
@@ -273,7 +296,8 @@ class Trainer:
             self.history.epochs,
         )
 
-    def _inputs(self, data: Dataset, what: str) -> tuple[Any, np.ndarray]:
+    def _inputs(self, data: Any, what: str) -> tuple[Any, np.ndarray]:
+        data = as_dataset(data, what)
         self.model.check(data.x, f"{what}.x")
         y = check_labels(
             data.y, len(data), self.model.head.task, self.model.head.outputs, f"{what}.y"
@@ -288,11 +312,20 @@ class Trainer:
         x, y = self._inputs(train, "train")
         xv, yv = self._inputs(val, "val") if val is not None else (None, None)
         cached = self.uses_feature_cache()
+        st = TrainState.load(resume_from) if resume_from is not None else None
         if self.policy.adapter is not None:
             model.add_adapter(self.policy.adapter)
+        if st is not None:  # a checkpoint of another model is named before any step
+            st.weights = wio.match(
+                st.weights, engine.param_shapes(), f"this model ({model.spec.name!r})"
+            )
+            if st.epoch > self.epochs:
+                raise ConfigError(
+                    f"resume_from={str(resume_from)!r} has completed {st.epoch} epochs, more "
+                    f"than epochs={self.epochs}; ask for at least {st.epoch}"
+                )
         engine.start_training(self.optimizer, self.seed)
-        if resume_from is not None:
-            st = TrainState.load(resume_from)
+        if st is not None:
             engine.set_weights(st.weights)
             engine.load_training_state(st.optimizer)
             self.rng.bit_generator.state = st.rng
@@ -397,8 +430,32 @@ class Trainer:
             return inputs.x[idx]
         raw = inputs[idx] if isinstance(inputs, np.ndarray) else [inputs[i] for i in idx]
         if self.augment is not None:
-            raw = self.augment(raw, self.rng)
+            out = self.augment(raw, self.rng)
+            self._check_augmented(raw, out)
+            raw = out
         return self.model.prepare(raw)
+
+    def _check_augmented(self, raw: Any, out: Any) -> None:
+        """An augment function that returns the wrong thing is named here, not inside a
+        framework's step."""
+        name = getattr(self.augment, "__name__", "augment")
+        if isinstance(raw, np.ndarray):
+            ok = isinstance(out, np.ndarray) and len(out) == len(raw) and out.ndim == raw.ndim
+            if not ok:
+                got = f"{type(out).__name__} {getattr(out, 'shape', '')}".strip()
+                raise ConfigError(
+                    f"augment function {name!r} must return an array of the batch's "
+                    f"{len(raw)} examples with shape like {raw.shape}; it returned {got}"
+                )
+        elif not isinstance(out, (list, tuple)) or len(out) != len(raw):
+            raise ConfigError(
+                f"augment function {name!r} must return a list of {len(raw)} inputs, like "
+                f"its argument; it returned {type(out).__name__}"
+            )
+        try:
+            self.model.check(out, f"the output of augment function {name!r}")
+        except TransferkitError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -429,5 +486,8 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     try:
         trainer = Trainer(model, **options)
     except TypeError as e:
-        raise ConfigError(f"fit(): {e}") from None
+        import inspect
+
+        known = [p for p in inspect.signature(Trainer).parameters if p != "model"]
+        raise ConfigError(f"fit(): {e}; the options are {', '.join(known)}, resume_from") from None
     return trainer.fit(train, val, resume_from=resume_from)

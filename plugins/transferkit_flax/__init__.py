@@ -7,7 +7,7 @@ as metadata; jax and flax are imported when a model is built.
 from __future__ import annotations
 
 from transferkit import hookimpl
-from transferkit.framework import Framework
+from transferkit.framework import BuildOption, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
 
@@ -16,14 +16,18 @@ class FlaxFramework(Framework):
 
     Backbone factories receive ``input_shape=(H, W, C)`` and ``rngs`` (an ``nnx.Rngs``)
     and return an ``nnx.Module`` mapping normalised NHWC input to ``(N, feature_size)``.
-    Build option: ``data_parallel=True`` shards every batch over all local devices
-    through JAX's sharding (parameters replicated).
+    Build options: ``data_parallel=True`` shards every batch over all local devices
+    through JAX's sharding (parameters replicated); ``device="cpu"|"gpu[:i]"|"tpu[:i]"``
+    commits parameters (and so every step) to one of ``jax.devices()``.
     """
 
     name = "flax"
     extra = "jax"
     requires = ("jax", "flax", "optax")
     description = "JAX/Flax nnx, jax.jit"
+    options = (
+        BuildOption("data_parallel", (bool,), False, "shard batches over all local devices"),
+    )
 
     def build(self, spec, head, input_shape, seed=0, **options):
         from .engine import build_engine

@@ -109,7 +109,12 @@ def _keystr_leaves(tree: Any) -> dict[str, Any]:
 
 class FlaxEngine(Engine):
     def __init__(
-        self, spec: BackboneSpec, model: FlaxModel, head: Head, data_parallel: bool = False
+        self,
+        spec: BackboneSpec,
+        model: FlaxModel,
+        head: Head,
+        data_parallel: bool = False,
+        device: str = "auto",
     ) -> None:
         self.spec = spec
         self.native = model
@@ -119,7 +124,13 @@ class FlaxEngine(Engine):
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
         self.head_only = False
         self.mesh = None
+        self.device = resolve_device(device)
         if data_parallel:
+            if self.device is not None:
+                raise ConfigError(
+                    f"data_parallel=True shards over every device; it cannot be combined with "
+                    f"device={device!r} (leave device='auto')"
+                )
             self.mesh = Mesh(np.array(jax.devices()), ("data",))
         self._eval_cache: tuple | None = None
         self._train: dict[str, Any] | None = None
@@ -149,8 +160,7 @@ class FlaxEngine(Engine):
             for m, _ in self._norms:
                 m.use_running_average = True
             graph, params, stats = nnx.split(self.native, nnx.Param, nnx.BatchStat)
-            if self.mesh is not None:
-                params, stats = self._replicate((params, stats))
+            params, stats = self._place((params, stats))
             self._eval_cache = (graph, params, stats)
         return self._eval_cache
 
@@ -178,6 +188,7 @@ class FlaxEngine(Engine):
         }
 
     def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.check_names(arrays)
         self._sync()
         for name, var, leaf in self._flat():
             if name in arrays:
@@ -197,8 +208,14 @@ class FlaxEngine(Engine):
             x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
         return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec("data"))), n
 
-    def _replicate(self, tree: Any) -> Any:
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+    def _place(self, tree: Any) -> Any:
+        """Replicated over the mesh, committed to the chosen device, or left where JAX's
+        default puts it (numpy inputs then follow the committed parameters)."""
+        if self.mesh is not None:
+            return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        if self.device is not None:
+            return jax.device_put(tree, self.device)
+        return tree
 
     def features(self, x: np.ndarray) -> np.ndarray:
         graph, params, stats = self._eval_state()
@@ -264,8 +281,7 @@ class FlaxEngine(Engine):
                 ),
                 opt,
             )
-        if self.mesh is not None:
-            tr, fr, st, opt = self._replicate((tr, fr, st, opt))
+        tr, fr, st, opt = self._place((tr, fr, st, opt))
         step = _make_step(graph, self._tx, self.loss, mults, self.head_only)
         self._train = {"tr": tr, "fr": fr, "st": st, "opt": opt, "step": step, "dirty": False}
         self._eval_cache = None
@@ -347,13 +363,8 @@ def build_engine(
     input_shape: tuple[int, ...],
     seed: int,
     data_parallel: bool = False,
-    **options: Any,
+    device: str = "auto",
 ) -> FlaxEngine:
-    if options:
-        raise ConfigError(
-            f"unknown option(s) for the flax framework: {', '.join(options)}; "
-            "it takes data_parallel=True|False"
-        )
     rngs = nnx.Rngs(seed)
     backbone = spec.create(input_shape=input_shape, rngs=rngs)
     if not isinstance(backbone, nnx.Module):
@@ -361,4 +372,24 @@ def build_engine(
             f"factory of {spec.name!r} returned {type(backbone).__name__}, not a flax.nnx.Module"
         )
     model = FlaxModel(backbone, FlaxHead(head.dense_layers(spec.feature_size), rngs))
-    return FlaxEngine(spec, model, head, data_parallel)
+    return FlaxEngine(spec, model, head, data_parallel, device)
+
+
+def resolve_device(device: str) -> Any:
+    """transferkit's device name -> one of ``jax.devices()``; None for ``"auto"`` (JAX's
+    default device)."""
+    if device == "auto":
+        return None
+    kind, _, index = device.partition(":")
+    platform = {"cuda": "gpu"}.get(kind, kind)
+    try:
+        found = jax.devices(platform)
+    except RuntimeError:
+        found = []
+    i = int(index or 0)
+    if i >= len(found):
+        raise ConfigError(
+            f"device {device!r} is not available to JAX ({jax.__version__}; devices: "
+            f"{', '.join(str(d) for d in jax.devices())}); use device='auto' or 'cpu'"
+        )
+    return found[i]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transferkit import BackboneSpec, WeightSource, hookimpl
 from transferkit.errors import ConfigError
-from transferkit.framework import Framework
+from transferkit.framework import BuildOption, Framework
 
 #: model types whose encoder layers live under ``transformer.layer`` instead of
 #: ``encoder.layer``
@@ -41,7 +41,10 @@ def _spec(name: str, config: dict, factory: str, **extra) -> BackboneSpec:
             f"{name!r} is a {config.get('model_type', 'unknown')!r} model without "
             "num_hidden_layers/hidden_size in its config: not an encoder transferkit can use"
         )
-    max_length = min(512, int(config.get("max_position_embeddings", 512)))
+    positions = int(config.get("max_position_embeddings", 512))
+    if config.get("model_type") in {"roberta", "xlm-roberta", "camembert", "longformer"}:
+        positions -= 2  # their position ids start after the padding index
+    max_length = min(512, positions)
     return BackboneSpec(
         name=name,
         input_kind="text",
@@ -50,6 +53,7 @@ def _spec(name: str, config: dict, factory: str, **extra) -> BackboneSpec:
         groups=encoder_groups(config.get("model_type", ""), layers),
         factory=factory,
         loads_pretrained=True,
+        max_length=positions,
         **extra,
     )
 
@@ -61,6 +65,10 @@ class HFFramework(Framework):
 
     name = "hf"
     extra = "hf"
+    options = (
+        BuildOption("pooling", (str,), "mean", "how token vectors become one", ("mean", "cls")),
+        BuildOption("normalize", (bool,), False, "L2-normalise the features"),
+    )
     requires = ("transformers", "torch")
     description = "Hugging Face Transformers encoders (PyTorch)"
 

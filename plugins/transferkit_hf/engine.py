@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from transferkit import BackboneSpec, Head
-from transferkit.errors import ConfigError, warn
+from transferkit.errors import warn
 from transferkit_torch.engine import TorchEngine
 
 from .encoder import HFEncoder
@@ -95,13 +95,6 @@ def build_engine(
     device: str = "auto",
     **options: Any,
 ) -> HFEngine:
-    unknown = set(options) - {"pooling", "normalize"}
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) for the hf framework: {', '.join(unknown)}; it "
-            "takes pooling='mean'|'cls', normalize=True|False and "
-            "device='auto'|'cpu'|'cuda'|'cuda:<index>'"
-        )
     torch.manual_seed(seed)
     kwargs = {**spec.options, **options}
     backbone = spec.create(input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs)

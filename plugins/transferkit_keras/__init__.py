@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from transferkit import hookimpl
-from transferkit.framework import Framework
+from transferkit.framework import BuildOption, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
 from .applications import APPLICATIONS, application_spec, specialise
@@ -32,6 +32,11 @@ def keras_backend() -> str:
         return "tensorflow"
 
 
+WEIGHTS_FILE = BuildOption(
+    "weights_file", (str, Path), None, "a Keras weights file instead of Keras's download cache"
+)
+
+
 class KerasFramework(Framework):
     """Keras 3 on its configured backend (tensorflow, jax or torch), Keras's compiled
     train steps (``jit_compile`` under tensorflow and jax).
@@ -39,8 +44,9 @@ class KerasFramework(Framework):
     Backbone factories receive ``input_shape=(H, W, C)`` (and the build options the spec
     lists) and return a ``keras.Model`` mapping normalised NHWC input to
     ``(N, feature_size)``; layer names are canonical names with ``-`` for ``.``.
-    Build options of ``keras.applications`` backbones: ``weights_file="path.h5"`` (a Keras
-    weights file on disk, instead of Keras's download cache).
+    Build options: ``device="cpu"|"gpu[:i]"`` (``keras.device`` placement); for
+    ``keras.applications`` backbones also ``weights_file="path.h5"`` (a Keras weights file
+    on disk, instead of Keras's download cache).
     """
 
     name = "keras"
@@ -57,6 +63,11 @@ class KerasFramework(Framework):
             if importlib.util.find_spec(backend) is None:
                 missing.append(backend)
         return missing
+
+    def build_options(self, spec):
+        if spec.options.get("keras_application"):
+            return (*super().build_options(spec), WEIGHTS_FILE)
+        return super().build_options(spec)
 
     def specialise(self, spec, input_shape):
         return specialise(spec, input_shape)

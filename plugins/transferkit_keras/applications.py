@@ -150,7 +150,6 @@ APPLICATIONS: dict[str, App] = {
 
 #: backbones whose feature map is flattened rather than pooled
 FLATTENED = ("vgg16", "vgg19")
-BUILD_OPTIONS = ("pretrained", "weights_file")
 
 
 def _flat_features(app: App, input_shape: tuple[int, ...]) -> int:
@@ -188,7 +187,7 @@ def application_spec(name: str) -> BackboneSpec:
         )
         + f"; '{app.mode}' preprocessing",
         resizable=True,
-        options={"keras_options": BUILD_OPTIONS, "keras_application": name},
+        options={"keras_application": name},
     )
 
 

@@ -14,6 +14,8 @@ dense kernels transposed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -235,17 +237,60 @@ def jit_compile() -> bool:
     return keras.backend.backend() in ("tensorflow", "jax")
 
 
+def resolve_device(device: str) -> str | None:
+    """transferkit's device name -> Keras's (``"gpu:0"``), checked against the devices the
+    backend has; None for ``"auto"`` (the backend's default placement)."""
+    if device == "auto":
+        return None
+    kind, _, index = device.partition(":")
+    kind = {"cuda": "gpu"}.get(kind, kind)
+    name = f"{kind}:{int(index or 0)}"
+    try:
+        available = keras.distribution.list_devices(kind)
+    except (RuntimeError, AttributeError, ValueError):  # no such platform / torch backend
+        available = ["cpu:0"] if kind == "cpu" else []
+        if kind == "gpu" and keras.backend.backend() == "torch":
+            import torch
+
+            available = [f"gpu:{i}" for i in range(torch.cuda.device_count())]
+    if name not in [d.lower() for d in available]:
+        raise ConfigError(
+            f"device {device!r} is not available to Keras on {keras.backend.backend()} "
+            f"(devices: {', '.join(available) or 'none of that kind'}); use device='auto' "
+            "or 'cpu'"
+        )
+    return name
+
+
+def _on_device(method):
+    """Run an engine method under ``keras.device`` when a device was chosen."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if self.device is None:
+            return method(self, *args, **kwargs)
+        with keras.device(self.device):
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class KerasEngine(Engine):
     def __init__(
-        self, spec: BackboneSpec, backbone: keras.Model, head: Head, seed: int, options: dict
+        self,
+        spec: BackboneSpec,
+        backbone: keras.Model,
+        head: Head,
+        seed: int,
+        device: str | None = None,
     ) -> None:
         self.spec = spec
+        self.device = device
         self.backbone = backbone
         self.head = build_head(head.dense_layers(spec.feature_size), spec.feature_size, seed)
         inputs = keras.Input(tuple(backbone.input_shape[1:]), name="inputs")
         self.native = keras.Model(inputs, self.head(backbone(inputs)), name="transferkit")
         self.loss = head.loss
-        self._options = options
         self._weights = self._index()
         self._by_var = {id(w.var): w for w in self._weights}
         self._layer_groups = self._assign_layer_groups()
@@ -296,7 +341,9 @@ class KerasEngine(Engine):
     def get_weights(self) -> dict[str, np.ndarray]:
         return {self._full_name(w): w.get() for w in self._weights}
 
+    @_on_device
     def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.check_names(arrays)
         for w in self._weights:
             name = self._full_name(w)
             if name in arrays:
@@ -313,12 +360,15 @@ class KerasEngine(Engine):
             out = model.predict_on_batch(x)
         return np.asarray(ops.convert_to_numpy(out), np.float32)
 
+    @_on_device
     def features(self, x: np.ndarray) -> np.ndarray:
         return self._infer(self.backbone, x)
 
+    @_on_device
     def head_predict(self, f: np.ndarray) -> np.ndarray:
         return self._infer(self.head, f)
 
+    @_on_device
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self._infer(self.native, x)
 
@@ -329,6 +379,7 @@ class KerasEngine(Engine):
             gens.extend(getattr(layer, "_seed_generators", []))
         return gens
 
+    @_on_device
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
         self._optimizer_spec = optimizer
         self._optimizer = None
@@ -336,6 +387,7 @@ class KerasEngine(Engine):
         for i, gen in enumerate(self._seed_generators()):
             gen.state.assign(np.array([seed * 7919 + i + 1, 0], dtype=gen.state.dtype))
 
+    @_on_device
     def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
         self.multiples = dict(multiples)
         self.head_only = head_only
@@ -372,6 +424,7 @@ class KerasEngine(Engine):
     def _multiple(self, group: str | None) -> float:
         return 1.0 if group is None else self.multiples.get(group, 0.0)
 
+    @_on_device
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
         self._optimizer.learning_rate = lr
         return self._trained.train_on_batch(np.asarray(x, np.float32), y)
@@ -410,20 +463,20 @@ class KerasEngine(Engine):
 
 
 def build_engine(
-    spec: BackboneSpec, head: Head, input_shape: tuple[int, ...], seed: int, **options: Any
+    spec: BackboneSpec,
+    head: Head,
+    input_shape: tuple[int, ...],
+    seed: int,
+    device: str = "auto",
+    **options: Any,
 ) -> KerasEngine:
-    known = set(spec.options.get("keras_options", ()))
-    unknown = set(options) - known
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) for the keras framework with {spec.name!r}: "
-            f"{', '.join(sorted(unknown))}"
-            + (f"; it takes {', '.join(sorted(known))}" if known else "")
-        )
+    # ``options`` were checked by core against KerasFramework.build_options(spec)
+    placement = resolve_device(device)
     keras.utils.set_random_seed(seed)
-    backbone = spec.create(input_shape=tuple(input_shape), **options)
-    if not isinstance(backbone, keras.Model):
-        raise TypeError(
-            f"factory of {spec.name!r} returned {type(backbone).__name__}, not a keras.Model"
-        )
-    return KerasEngine(spec, backbone, head, seed, options)
+    with keras.device(placement) if placement else contextlib.nullcontext():
+        backbone = spec.create(input_shape=tuple(input_shape), **options)
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(
+                f"factory of {spec.name!r} returned {type(backbone).__name__}, not a keras.Model"
+            )
+        return KerasEngine(spec, backbone, head, seed, placement)

@@ -150,12 +150,10 @@ class TorchEngine(Engine):
         return {k: v.detach().cpu().numpy().copy() for k, v in self._state().items()}
 
     def set_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.check_names(arrays)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-        # A subset is allowed (a pretrained backbone without a head); core has checked
-        # names and shapes already.
-        _, unexpected = self.native.load_state_dict(tensors, strict=False)
-        if unexpected:
-            raise RuntimeError(f"set_weights: unexpected names {unexpected}")
+        # A subset is allowed (a pretrained backbone without a head).
+        self.native.load_state_dict(tensors, strict=False)
 
     # --- inference -----------------------------------------------------------------
     def _eval(self) -> None:
@@ -275,13 +273,7 @@ def build_engine(
     input_shape: tuple[int, ...],
     seed: int,
     device: str = "auto",
-    **options: Any,
 ) -> TorchEngine:
-    if options:
-        raise ConfigError(
-            f"unknown option(s) for the torch framework: {', '.join(options)}; it takes "
-            "device='auto'|'cpu'|'cuda'|'cuda:<index>'"
-        )
     torch.manual_seed(seed)
     backbone = spec.create(input_shape=input_shape)
     if not isinstance(backbone, nn.Module):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import tomllib
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TransferkitError
+from .errors import ConfigError, DataError, ModelDirError, TransferkitError
 
 
 def _backbones(args: argparse.Namespace) -> int:
@@ -17,6 +21,8 @@ def _backbones(args: argparse.Namespace) -> int:
     from .plugins import registry
 
     specs = list_backbones(args.pattern, args.framework, tuple(args.tag or ()))
+    if not specs:
+        _no_backbone_matches(args)
     if args.json:
         print(
             json.dumps(
@@ -36,7 +42,9 @@ def _backbones(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return 0
+        return 0 if specs else 1
+    if not specs:
+        return 1
     reg = registry()
     print(
         f"{'name':<32} {'input':<14} {'features':>8} {'groups':>6}  {'pretrained weights':<44} "
@@ -57,9 +65,36 @@ def _backbones(args: argparse.Namespace) -> int:
             f"{s.name:<32} {s.input_kind + ' ' + shape:<14} {s.feature_size:>8} "
             f"{len(s.groups):>6}  {weights[:44]:<44} {ok}"
         )
-    if not specs:
-        print("no backbone matches", file=sys.stderr)
     return 0
+
+
+def _no_backbone_matches(args: argparse.Namespace) -> None:
+    """Say on stderr why ``transferkit backbones`` lists nothing (it then exits 1, as
+    grep does)."""
+    from .plugins import registry
+
+    catalog = registry().catalog
+    if not len(catalog):
+        print(
+            "transferkit: no backbone is registered; run `transferkit plugins` to see which "
+            "plugins are loaded, failed or disabled",
+            file=sys.stderr,
+        )
+        return
+    wanted = [repr(args.pattern)] if args.pattern else []
+    if args.framework:
+        wanted.append(f"framework {args.framework!r}")
+    if args.tag:
+        wanted.append(f"tag(s) {', '.join(map(repr, args.tag))}")
+    hint = ""
+    if args.pattern and not any(c in args.pattern for c in "*?["):
+        close = catalog.closest(args.pattern)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    print(
+        f"transferkit: no backbone matches {' and '.join(wanted)}.{hint} Run "
+        "`transferkit backbones` to list them all.",
+        file=sys.stderr,
+    )
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -68,9 +103,9 @@ def _plugins(args: argparse.Namespace) -> int:
     infos = list_plugins()
     if args.json:
         print(json.dumps([vars(i) for i in infos], indent=2))
-        return 0
+        return 0 if all(i.status != "failed" for i in infos) else 1
     for i in infos:
-        print(f"{i.name:<16} {i.status:<9} {i.version or '-':<8} {i.source}")
+        print(f"{i.name:<16} {i.status:<9} {i.version or '-':<8} {i.source or '-'}")
         if i.status == "loaded":
             print(f"    hooks: {', '.join(i.hooks)}")
             if i.frameworks:
@@ -78,6 +113,8 @@ def _plugins(args: argparse.Namespace) -> int:
             print(f"    backbones: {', '.join(i.backbones) or '-'}")
         else:
             print(f"    reason: {i.error}")
+        for w in getattr(i, "warnings", ()):
+            print(f"    warning: {w}")
     return 0 if all(i.status != "failed" for i in infos) else 1
 
 
@@ -129,6 +166,105 @@ FIT_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _int_at_least(lo: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= lo
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _ints_at_least_1(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(i) and i >= 1 for i in v)
+
+
+#: what each key of a run description must hold: (what, check, example value)
+FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "backbone": ("a backbone name", _is_text, '"torch:cnn"'),
+    "data": ("a data path or builtin:digits|builtin:faces", _is_text, '"builtin:digits"'),
+    "val": ("a data path", _is_text, '"val.npz"'),
+    "shots": ("an integer >= 1", _int_at_least(1), "5"),
+    "input_shape": ("a list of integers >= 1", _ints_at_least_1, "[32, 32, 3]"),
+    "head": ('"classifier" or "regressor"', _one_of("classifier", "regressor"), '"classifier"'),
+    "hidden": ("a list of layer sizes (integers >= 1)", _ints_at_least_1, "[64]"),
+    "dropout": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, "0.2"),
+    "freeze": ("a freeze policy name", _is_text, '"train_last"'),
+    "epochs": ("an integer >= 1", _int_at_least(1), "10"),
+    "lr": ("a number > 0", lambda v: _is_number(v) and v > 0, "0.001"),
+    "batch_size": ("an integer >= 1", _int_at_least(1), "32"),
+    "optimizer": ('"adam", "adamw" or "sgd"', _one_of("adam", "adamw", "sgd"), '"adam"'),
+    "weight_decay": ("a number >= 0", lambda v: _is_number(v) and v >= 0, "0.0001"),
+    "schedule": ('"cosine" or "constant"', _one_of("cosine", "constant"), '"cosine"'),
+    "seed": ("an integer >= 0", _int_at_least(0), "0"),
+    "weights": (
+        '"pretrained", "none" or a .safetensors path',
+        lambda v: isinstance(v, str),
+        '"pretrained"',
+    ),
+    "val_split": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, "0.2"),
+    "out": ("a directory path", _is_text, '"runs/model"'),
+    "freeze_options": (
+        "a table of the freeze policy's options",
+        lambda v: isinstance(v, dict),
+        "{n = 2}",
+    ),
+}
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES.update({list: "a list", dict: "a table"})
+
+
+def _toml_value(v: Any) -> str:
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def validate_run_description(cfg: dict[str, Any]) -> None:
+    """Check every key and value of a run description before anything is loaded or
+    built; a :class:`ConfigError` names the key, the value and what it must be."""
+    unknown = set(cfg) - set(FIT_SCHEMA)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) in the run description: {', '.join(sorted(unknown))}; "
+            f"the options are {', '.join(sorted(FIT_SCHEMA))}"
+        )
+    for key, value in cfg.items():
+        if value is None:
+            continue
+        what, ok, example = FIT_SCHEMA[key]
+        if ok(value):
+            continue
+        kind = _TYPE_NAMES.get(type(value), type(value).__name__)
+        raise ConfigError(
+            f"fit option `{key} = {_toml_value(value)}` ({kind}) is not valid: {key} must be "
+            f"{what}, e.g. `{key} = {example}`"
+        )
+
+
+def _existing_data_path(spec: str, what: str = "data") -> str:
+    if not Path(spec).exists():
+        raise DataError(
+            f"{what} path {spec!r} does not exist; pass an image folder (root/<class>/*.png), "
+            "an .npz file with arrays x and y, a .csv/.jsonl file, or builtin:digits / "
+            "builtin:faces"
+        )
+    return spec
+
+
 def _load_data(spec: str, shots: int | None, seed: int):
     from . import data, datasets
 
@@ -140,8 +276,20 @@ def _load_data(spec: str, shots: int | None, seed: int):
                 f"unknown built-in data {spec!r}; use builtin:digits or builtin:faces"
             )
         return loaders[name](shots=shots, seed=seed)
-    train = data.load(spec)
+    train = _labelled(data.load(_existing_data_path(spec)), spec)
     return (train.few_shot(shots, seed) if shots else train), None
+
+
+def _labelled(data: Any, spec: str) -> Any:
+    """Training and evaluation data must carry labels; say so rather than fail later."""
+    from .errors import LabelError
+
+    if data.y is None:
+        raise LabelError(
+            f"{spec!r} holds no labels: an .npz needs an array named 'y' beside 'x' "
+            "(numpy.savez(path, x=..., y=...)); fit and evaluate need labelled data"
+        )
+    return data
 
 
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -152,16 +300,16 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     from .model import build
     from .training import fit
 
-    unknown = set(cfg) - set(FIT_DEFAULTS) - {"backbone", "data", "val", "shots", "input_shape"}
-    if unknown:
-        raise ConfigError(f"unknown option(s) in the run description: {', '.join(sorted(unknown))}")
+    validate_run_description(cfg)
     cfg = {**FIT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     for key in ("backbone", "data"):
         if not cfg.get(key):
             raise ConfigError(f"`transferkit fit` needs {key} (--{key} or `{key} = ...` in TOML)")
+    # Everything that can be checked without data is checked before data is loaded.
+    policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
     train, val = _load_data(cfg["data"], cfg.get("shots"), cfg["seed"])
     if cfg.get("val"):
-        val = load_data(cfg["val"])
+        val = _labelled(load_data(_existing_data_path(cfg["val"], "val")), cfg["val"])
     elif cfg["val_split"]:
         train, val = train.split(cfg["val_split"], seed=cfg["seed"])
     if cfg["head"] == "classifier":
@@ -180,7 +328,6 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         classes=train.classes,
         seed=cfg["seed"],
     )
-    policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
     history = fit(
         model,
         train,
@@ -208,7 +355,10 @@ def _fit(args: argparse.Namespace) -> int:
         try:
             cfg = tomllib.loads(Path(args.config).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"cannot read run description {args.config!r}: {e}") from None
+            raise ConfigError(
+                f"cannot read run description {args.config!r} ({e}); pass the path of a TOML "
+                "file with --config"
+            ) from None
     flags = {
         k: v
         for k, v in vars(args).items()
@@ -226,8 +376,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import load as load_data
     from .model import load
 
+    if not Path(args.model).is_dir():
+        raise ModelDirError(
+            f"model directory {args.model!r} does not exist; pass the directory "
+            "`transferkit fit --out` saved the model to"
+        )
+    data = _labelled(load_data(_existing_data_path(args.data)), args.data)  # before the model: a wrong path fails fast
     model = load(args.model, framework=args.framework)
-    print(json.dumps(model.evaluate(load_data(args.data)), indent=2))
+    print(json.dumps(model.evaluate(data), indent=2))
     return 0
 
 
@@ -341,13 +497,57 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+DEBUG_ENV = "TRANSFERKIT_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").lower() in {"1", "true", "yes", "on"}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: point stdout at devnull so that the interpreter's last flush
+    of what is still buffered does not fail again (the recipe of the Python docs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no file (captured, closed)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 ok, 1 nothing found / a failed plugin / an
+    unexpected error, 2 a user error (a one-line ``transferkit: error: ...`` on stderr;
+    argparse's usage errors too), 130 interrupted, 141 stdout closed early (``| head``)."""
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+    except KeyboardInterrupt:
+        print("transferkit: interrupted", file=sys.stderr)
+        return 130
     except TransferkitError as e:
-        print(f"transferkit: error: {e}", file=sys.stderr)
+        if _debug():
+            traceback.print_exc()
+        print(f"transferkit: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, not a traceback
+        if _debug():
+            raise
+        print(
+            f"transferkit: error: {type(e).__name__}: {_one_line(str(e))} (unexpected: please "
+            f"report it; set {DEBUG_ENV}=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class Dataset:
         if isinstance(self.x, np.ndarray) or not isinstance(self.x, (list, tuple)):
             self.x = np.asarray(self.x)
         elif self.x and not isinstance(self.x[0], str):
-            self.x = _stack(self.x, f"dataset {self.name}".strip())
+            self.x = check_stacked(self.x, f"dataset {self.name}".strip())
         else:
             self.x = list(self.x)
         if self.y is not None:
@@ -95,7 +95,7 @@ def as_dataset(data: Any, what: str = "data") -> Dataset:
     )
 
 
-def _stack(items: Sequence[Any], what: str) -> np.ndarray:
+def check_stacked(items: Sequence[Any], what: str) -> np.ndarray:
     """A list of same-shape arrays as one array; a ragged list is named, not a numpy error."""
     shapes = {np.shape(a) for a in items}
     if len(shapes) > 1:
@@ -304,9 +304,10 @@ def load_npz(path: str | Path) -> Dataset:
     import zipfile
 
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("it holds a single array, not named arrays x and y")
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays x and y")
+        with f:
             if "x" not in f:
                 raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
             classes = [str(c) for c in f["classes"]] if "classes" in f else None
@@ -356,7 +357,7 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
                 raise EmptyDataError(f"{what}[{i}] is an empty string; drop it or give it text")
         return
     if isinstance(x, (list, tuple)):
-        x = _stack(x, what) if len(x) else np.zeros((0,))
+        x = check_stacked(x, what) if len(x) else np.zeros((0,))
     if not isinstance(x, np.ndarray):
         raise InputDTypeError(f"{what} must be a numpy array, got {type(x).__name__}")
     if x.dtype.kind not in "fiub":

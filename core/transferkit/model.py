@@ -13,7 +13,7 @@ import numpy as np
 from . import atomic, metrics, validate
 from . import weights as wio
 from .catalog import BackboneSpec, LayerGroup
-from .data import Dataset, check_inputs, check_labels
+from .data import Dataset, as_dataset, check_inputs, check_labels, check_stacked
 from .errors import (
     ConfigError,
     InputShapeError,
@@ -133,6 +133,11 @@ class Model:
             yield self.prepare(x[i : i + batch_size])
 
     def _run(self, fn, x: Any, batch_size: int) -> np.ndarray:
+        batch_size = validate.integer("batch_size", batch_size, 1, 1 << 20)
+        if isinstance(x, Dataset):
+            x = x.x
+        elif isinstance(x, list) and x and not isinstance(x[0], str):
+            x = np.asarray(check_stacked(x, "x"))
         self.check(x)
         outs = [np.asarray(fn(b)) for b in self.prepared_batches(x, batch_size)]
         return np.concatenate(outs)
@@ -155,8 +160,9 @@ class Model:
         return out
 
     def evaluate(self, data: Dataset, batch_size: int = 128) -> dict[str, float]:
-        """Loss and metrics on labelled data: accuracy, loss, macro_f1 (classification) or
-        loss, mse, mae (regression)."""
+        """Loss and metrics on labelled data (a ``tk.Dataset`` or an ``(x, y)`` pair):
+        accuracy, loss, macro_f1 (classification) or loss, mse, mae (regression)."""
+        data = as_dataset(data, "evaluate(data)")
         self.check(data.x)
         y = check_labels(data.y, len(data), self.head.task, self.head.outputs)
         return metrics.compute(self.head.task, self.logits(data.x, batch_size), y)

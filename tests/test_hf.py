@@ -31,27 +31,6 @@ def minilm():
     return tk.build(MINILM, head=tk.Classifier(2), seed=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A 2-layer BERT saved as a local Hugging Face directory (with MiniLM's tokenizer)."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from transferkit_hf.encoder import minilm_path
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
-    return path
-
-
 def test_minilm_features_equal_sentence_transformers(minilm):
     st = pytest.importorskip("sentence_transformers")
     from transferkit_hf.encoder import minilm_path

@@ -381,7 +381,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"model directory {args.model!r} does not exist; pass the directory "
             "`transferkit fit --out` saved the model to"
         )
-    data = _labelled(load_data(_existing_data_path(args.data)), args.data)  # before the model: a wrong path fails fast
+    # the data before the model: a wrong path fails fast
+    data = _labelled(load_data(_existing_data_path(args.data)), args.data)
     model = load(args.model, framework=args.framework)
     print(json.dumps(model.evaluate(data), indent=2))
     return 0

@@ -19,7 +19,7 @@ def test_heads_describe_their_layers():
 def test_head_config_round_trip_and_errors():
     for head in (tk.Classifier(3, hidden=(8,), dropout=0.2), tk.Regressor(2)):
         assert tk.Head.from_config(head.to_config()) == head
-    with pytest.raises(ConfigError, match="num_classes >= 2"):
+    with pytest.raises(ConfigError, match=r"num_classes\) must be >= 2"):
         tk.Classifier(1)
     with pytest.raises(ConfigError, match="dropout"):
         tk.Classifier(2, dropout=1.5)

@@ -334,3 +334,25 @@ def test_saved_config_records_no_device(framework, tmp_path):
         tmp_path / "m"
     )
     assert "device" not in json.loads((tmp_path / "m" / "config.json").read_text())["options"]
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda: tk.freeze.TrainLast(2.5), r"TrainLast\(n\) must be an integer"),
+        (lambda: tk.freeze.TrainLast(-1), r"TrainLast\(n\) must be >= 0"),
+        (lambda: tk.freeze.UnfreezeAt(epoch="2"), r"UnfreezeAt\(epoch\) must be an integer"),
+        (lambda: tk.freeze.GradualUnfreeze(every=0), r"every\) must be >= 1"),
+        (lambda: tk.freeze.FullFineTune(lr_decay=0), r"lr_decay\) must be > 0"),
+        (lambda: tk.freeze.FullFineTune(lr_decay="0.5"), "must be a number"),
+        (lambda: tk.freeze.LoRA(r=0), r"LoRA\(r\) must be >= 1"),
+        (lambda: tk.freeze.LoRA(dropout=1), r"LoRA\(dropout\) must be in \[0, 1\)"),
+        (lambda: tk.EarlyStopping(patience="3"), r"patience\) must be an integer"),
+        (lambda: tk.EarlyStopping(monitor=None), r"monitor\) must be a non-empty string"),
+        (lambda: tk.datasets.digits_transfer(shots=0), "shots must be an integer >= 1"),
+        (lambda: tk.datasets.digits_transfer(shots=2.5), "shots must be an integer >= 1"),
+    ],
+)
+def test_policies_and_callbacks_reject_bad_arguments(make, problem):
+    with pytest.raises(errors.TransferkitError, match=problem):
+        make()

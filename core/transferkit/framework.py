@@ -119,10 +119,14 @@ class OptimizerSpec:
 
 
 class Engine(ABC):
-    """One model (backbone + head) realised in one framework.
+    """One model (backbone + head) realised in one framework: the adapter author's
+    contract, not user API (users hold a :class:`~transferkit.Model`).
 
     ``multiples`` map layer-group names to learning-rate multiples; 0 means frozen:
     no gradient, no update, no optimizer state, BatchNorm in inference mode.
+    Core calls, in order: ``set_weights`` (head, then backbone), inference methods at
+    any time, then for a fit ``start_training``, ``set_plan``, ``train_step``...,
+    ``end_training``. Canonical names: see ``hookspecs`` ("Canonical parameter names").
     """
 
     #: the native backbone object (``nn.Module``, ``keras.Model``, ...)
@@ -184,8 +188,17 @@ class Engine(ABC):
 
     @abstractmethod
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
-        """One optimisation step at base learning rate ``lr``; returns the batch loss
-        as anything ``float()`` accepts (it may stay lazy until then)."""
+        """One optimisation step at base learning rate ``lr`` (each group's rate is
+        ``lr`` times its multiple from :meth:`set_plan`); returns the batch loss as
+        anything ``float()`` accepts (it may stay lazy until then).
+
+        ``x``: prepared inputs (images ``(N, H, W, C)`` float32, normalised; text a list
+        of ``N`` strings), or features ``(N, feature_size)`` when ``head_only``.
+        ``y``: int64 class indices ``(N,)`` for a classifier, whose loss is the mean
+        softmax cross-entropy of the logits; float32 targets ``(N, outputs)`` for a
+        regressor, whose loss is the mean squared error averaged over examples and
+        outputs (``head.loss`` names which: ``"cross_entropy"`` or ``"mse"``). The
+        optimizer follows :class:`OptimizerSpec`'s semantics exactly (PyTorch's)."""
 
     @abstractmethod
     def end_training(self) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from . import validate
 from .errors import ConfigError
 
 __all__ = [
@@ -42,8 +43,11 @@ class FreezePolicy:
     lr_decay: float = field(default=1.0, kw_only=True)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        name = type(self).__name__
+        decay = validate.number(
+            f"{name}(lr_decay)", self.lr_decay, 0.0, 1.0, exclusive_minimum=True
+        )
+        object.__setattr__(self, "lr_decay", decay)
 
     def trainable(self, num_groups: int, epoch: int) -> int:
         raise NotImplementedError
@@ -90,8 +94,7 @@ class TrainLast(FreezePolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n < 0:
-            raise ConfigError(f"TrainLast(n) needs n >= 0, got {self.n}")
+        validate.integer("TrainLast(n)", self.n, 0)
 
     def trainable(self, num_groups: int, epoch: int) -> int:
         return self.n
@@ -107,8 +110,9 @@ class UnfreezeAt(FreezePolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epoch < 0 or (self.n is not None and self.n < 0):
-            raise ConfigError(f"UnfreezeAt needs epoch >= 0 and n >= 0, got {self}")
+        validate.integer("UnfreezeAt(epoch)", self.epoch, 0)
+        if self.n is not None:
+            validate.integer("UnfreezeAt(n)", self.n, 0)
 
     def trainable(self, num_groups: int, epoch: int) -> int:
         if epoch < self.epoch:
@@ -125,8 +129,7 @@ class GradualUnfreeze(FreezePolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.every < 1:
-            raise ConfigError(f"GradualUnfreeze(every) needs every >= 1, got {self.every}")
+        validate.integer("GradualUnfreeze(every)", self.every, 1)
 
     def trainable(self, num_groups: int, epoch: int) -> int:
         return epoch // self.every
@@ -151,8 +154,12 @@ class LoRA(FreezePolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError(f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1): {self}")
+        validate.integer("LoRA(r)", self.r, 1, 4096)
+        validate.number("LoRA(alpha)", self.alpha, 0.0, exclusive_minimum=True)
+        if validate.number("LoRA(dropout)", self.dropout, 0.0) >= 1:
+            raise ConfigError(f"LoRA(dropout) must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target, str):
+            object.__setattr__(self, "target", (self.target,))
         object.__setattr__(self, "target", tuple(self.target))
         if not self.target:
             raise ConfigError("LoRA needs at least one target module name")

@@ -410,6 +410,8 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
         shape = tuple(cfg["input_shape"])
     except (ValueError, KeyError, TypeError, TransferkitError) as e:
         raise ModelDirError(f"{str(cfg_file)!r} is corrupt: {e}") from None
+    if framework is not None:
+        validate.string("load(framework)", framework)
     if framework is not None and framework != cfg.get("framework"):
         name = _realisation(cfg, framework)
     try:

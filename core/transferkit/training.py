@@ -93,8 +93,10 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ):
-        self.monitor, self.patience = monitor, patience
-        self.min_delta, self.restore_best = min_delta, restore_best
+        self.monitor = validate.string("EarlyStopping(monitor)", monitor)
+        self.patience = validate.integer("EarlyStopping(patience)", patience, 0)
+        self.min_delta = validate.number("EarlyStopping(min_delta)", min_delta, 0.0)
+        self.restore_best = validate.boolean("EarlyStopping(restore_best)", restore_best)
         self.higher = metrics.HIGHER_IS_BETTER.get(monitor.removeprefix("val_"), False)
 
     def on_train_begin(self, trainer: Trainer) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, datasets, errors, freeze, metrics
+from . import callbacks, data, datasets, errors, freeze, metrics
+from .callbacks import Callback, Checkpoint, EarlyStopping, History, ProgressLogger
 from .catalog import BackboneSpec, LayerGroup, WeightSource
+from .checkpoint import TrainState
 from .data import Dataset
 from .framework import Engine, Framework, OptimizerSpec
 from .freeze import FreezePolicy
@@ -22,7 +24,7 @@ from .heads import Classifier, Head, Regressor
 from .hookspecs import hookimpl
 from .model import Backbone, Model, build, list_backbones, load
 from .plugins import list_plugins, register
-from .training import Callback, EarlyStopping, History, Trainer, TrainState, fit
+from .training import Trainer, fit
 
 try:
     __version__ = version("transferkit")
@@ -33,6 +35,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "Callback",
+    "Checkpoint",
     "Classifier",
     "Dataset",
     "EarlyStopping",
@@ -44,11 +47,13 @@ __all__ = [
     "LayerGroup",
     "Model",
     "OptimizerSpec",
+    "ProgressLogger",
     "Regressor",
     "TrainState",
     "Trainer",
     "WeightSource",
     "build",
+    "callbacks",
     "data",
     "datasets",
     "errors",

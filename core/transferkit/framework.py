@@ -133,6 +133,12 @@ class Engine(ABC):
     backbone: Any
     #: the native backbone+head object
     native: Any
+    #: the plan in force: layer group -> learning-rate multiple (``"head"`` always 1)
+    multiples: dict[str, float]
+    #: whether ``train_step`` receives cached features rather than inputs
+    head_only: bool = False
+    #: the head's loss, ``"cross_entropy"`` or ``"mse"`` (``Head.loss``)
+    loss: str
 
     # --- weights -----------------------------------------------------------------
     @abstractmethod
@@ -210,7 +216,9 @@ class Engine(ABC):
 
     @abstractmethod
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore what ``training_state`` returned (after ``start_training``)."""
+        """Restore what ``training_state`` returned. Called after ``start_training`` and
+        after the ``set_plan`` of the plan the state was saved under, so the optimizer
+        state can be put straight into the optimizer built for that plan."""
 
     # --- optional ------------------------------------------------------------------
     def add_adapter(self, adapter: Mapping[str, Any]) -> None:

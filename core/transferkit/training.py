@@ -8,27 +8,36 @@ checkpoints and exact resume.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import atomic, metrics, validate
+from . import metrics, validate
 from . import weights as wio
+from .callbacks import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    History,
+    ProgressLogger,
+    check_callbacks,
+    overrides,
+)
+from .checkpoint import TrainState
 from .data import Dataset, as_dataset, check_labels
-from .errors import ConfigError, ModelDirError, TrainingError, TransferkitError, WeightsError
+from .errors import ConfigError, TrainingError, TransferkitError
 from .framework import OPTIMIZERS, OptimizerSpec
 from .freeze import FreezePolicy, FullFineTune
 from .model import Model
-from .progress import Progress
 
 SCHEDULES = ("constant", "cosine")
-STATE_FILE = "state.json"
+
+__all__ = ["Callback", "EarlyStopping", "History", "TrainState", "Trainer", "fit"]
 
 
 def learning_rate(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
@@ -39,166 +48,6 @@ def learning_rate(step: int, total: int, lr: float, schedule: str, warmup: int) 
         return lr
     progress = (step - warmup) / max(1, total - warmup)
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-class History:
-    """One dict of figures per epoch; ``history.history["val_accuracy"]`` as in Keras."""
-
-    def __init__(self, epochs: Sequence[dict[str, Any]] = ()):
-        self.epochs: list[dict[str, Any]] = [dict(e) for e in epochs]
-
-    def append(self, logs: dict[str, Any]) -> None:
-        self.epochs.append(dict(logs))
-
-    @property
-    def history(self) -> dict[str, list[Any]]:
-        keys = dict.fromkeys(k for e in self.epochs for k in e)
-        return {k: [e.get(k) for e in self.epochs] for k in keys}
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def __getitem__(self, key: str) -> list[Any]:
-        return self.history[key]
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.epochs, indent=2))
-
-    def to_csv(self, path: str | Path) -> None:
-        keys = list(self.history)
-        lines = [",".join(keys)] + [
-            ",".join("" if e.get(k) is None else str(e.get(k)) for k in keys) for e in self.epochs
-        ]
-        Path(path).write_text("\n".join(lines) + "\n")
-
-
-class Callback:
-    """Hooks into the loop. ``on_epoch_end`` may set ``trainer.stop = True``."""
-
-    def on_train_begin(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None: ...
-
-    def on_train_end(self, trainer: Trainer) -> None: ...
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs; by default put
-    back the best epoch's weights (Keras's ``restore_best_weights``)."""
-
-    def __init__(
-        self,
-        monitor: str = "val_loss",
-        patience: int = 3,
-        min_delta: float = 0.0,
-        restore_best: bool = True,
-    ):
-        self.monitor = validate.string("EarlyStopping(monitor)", monitor)
-        self.patience = validate.integer("EarlyStopping(patience)", patience, 0)
-        self.min_delta = validate.number("EarlyStopping(min_delta)", min_delta, 0.0)
-        self.restore_best = validate.boolean("EarlyStopping(restore_best)", restore_best)
-        self.higher = metrics.HIGHER_IS_BETTER.get(monitor.removeprefix("val_"), False)
-
-    def on_train_begin(self, trainer: Trainer) -> None:
-        self.best, self.best_epoch, self.wait, self.best_weights = None, -1, 0, None
-
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        delta = value - self.best if self.higher else self.best - value
-        return delta > self.min_delta
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
-        if self.monitor not in logs:
-            raise ConfigError(
-                f"EarlyStopping monitors {self.monitor!r}, which this run does not log "
-                f"(it logs {', '.join(k for k in logs)}); pass val= or another monitor"
-            )
-        value = float(logs[self.monitor])
-        if self._better(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best:
-                self.best_weights = trainer.model.engine.get_weights()
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                trainer.stop = True
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        if self.restore_best and self.best_weights is not None:
-            trainer.model.engine.set_weights(self.best_weights)
-
-
-@dataclass
-class TrainState:
-    """Everything an exact resume needs, in one place."""
-
-    epoch: int  # epochs completed
-    step: int
-    weights: dict[str, np.ndarray]
-    optimizer: dict[str, np.ndarray]
-    rng: dict[str, Any]  # numpy generator state (shuffling, augmentation)
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @staticmethod
-    def check_target(path: Path) -> None:
-        """Refuse to overwrite a directory that is not a training checkpoint."""
-        if path.exists() and (
-            not path.is_dir() or (any(path.iterdir()) and not (path / "state.json").is_file())
-        ):
-            raise ModelDirError(
-                f"checkpoint_dir {str(path)!r} exists and is not a training checkpoint "
-                "(a saved model, say); choose another directory"
-            )
-
-    def save(self, path: str | Path) -> None:
-        """Write to a directory atomically (the previous checkpoint survives a crash at
-        any instant; see :mod:`transferkit.atomic`)."""
-
-        def fill(tmp: Path) -> None:
-            wio.save(self.weights, tmp / "weights.safetensors")
-            wio.save(
-                self.optimizer or {"_empty": np.zeros(0, np.float32)}, tmp / "optimizer.safetensors"
-            )
-            meta = {
-                "epoch": self.epoch,
-                "step": self.step,
-                "rng": self.rng,
-                "history": self.history,
-            }
-            (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2))  # the marker: last
-
-        atomic.write_dir(Path(path), fill, STATE_FILE, self.check_target, "training checkpoint")
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainState:
-        path = Path(path)
-        atomic.recover(path, STATE_FILE)
-        if not (path / STATE_FILE).is_file():
-            raise ModelDirError(f"{str(path)!r} holds no training checkpoint ({STATE_FILE})")
-        try:
-            meta = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError(f"expected a JSON object, found {type(meta).__name__}")
-            epoch, step = meta["epoch"], meta["step"]
-            if not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, step)
-            ):
-                raise ValueError(f"epoch {epoch!r} and step {step!r} must be counts")
-            if not isinstance(meta["rng"], dict) or not isinstance(meta["history"], list):
-                raise ValueError("rng must be an object and history a list")
-        except (ValueError, KeyError, UnicodeDecodeError) as e:
-            raise ModelDirError(
-                f"training checkpoint {str(path / STATE_FILE)!r} is corrupt ({e}); resume from "
-                "another checkpoint or start again"
-            ) from None
-        try:
-            opt = wio.read(path / "optimizer.safetensors")
-            weights = wio.read(path / "weights.safetensors")
-        except WeightsError as e:
-            raise ModelDirError(f"training checkpoint {str(path)!r}: {e}") from None
-        opt.pop("_empty", None)
-        return cls(epoch, step, weights, opt, meta["rng"], meta["history"])
 
 
 class Trainer:
@@ -249,8 +98,7 @@ class Trainer:
             raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
             early_stopping = validate.integer("early_stopping (patience)", early_stopping, 1)
-        if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
-            raise ConfigError("callbacks must be a list of tk.Callback objects")
+        callbacks = check_callbacks(callbacks)
         self.model = model
         self.policy = freeze if freeze is not None else FullFineTune()
         if not isinstance(self.policy, FreezePolicy):
@@ -261,11 +109,11 @@ class Trainer:
         self.cache_features, self.augment = cache_features, augment
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping(patience=early_stopping)
-        self.callbacks = list(callbacks) + ([early_stopping] if early_stopping else [])
+        self.user_callbacks = callbacks + ([early_stopping] if early_stopping else [])
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        if self.checkpoint_dir is not None:
-            TrainState.check_target(self.checkpoint_dir)
+        self.checkpoint = Checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
         self.verbose = verbose
+        self.steps_per_epoch = 0
         self.stop = False
         self.history = History()
         self.epoch = 0
@@ -326,12 +174,10 @@ class Trainer:
                     f"resume_from={str(resume_from)!r} has completed {st.epoch} epochs, more "
                     f"than epochs={self.epochs}; ask for at least {st.epoch}"
                 )
-        engine.start_training(self.optimizer, self.seed)
-        if st is not None:
             engine.set_weights(st.weights)
-            engine.load_training_state(st.optimizer)
             self.rng.bit_generator.state = st.rng
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
+        engine.start_training(self.optimizer, self.seed)
 
         if cached:
             # The backbone never trains: one forward pass, then train the head on features.
@@ -344,10 +190,16 @@ class Trainer:
             predict_val = engine.predict
 
         n = len(y)
-        steps_per_epoch = math.ceil(n / self.batch_size)
+        self.steps_per_epoch = steps_per_epoch = math.ceil(n / self.batch_size)
         total_steps = steps_per_epoch * self.epochs
-        progress = Progress(self.epochs, steps_per_epoch, self.verbose)
-        for cb in self.callbacks:
+        # fit's own services first, so that user callbacks see this epoch in the history
+        callbacks: list[Callback] = [self.history, ProgressLogger(self.verbose)]
+        callbacks += self.user_callbacks + ([self.checkpoint] if self.checkpoint else [])
+        per_batch = [c for c in callbacks if overrides(c, "on_batch_begin")]
+        after_batch = [c for c in callbacks if overrides(c, "on_batch_end")]
+        if self.verbose in (0, False):
+            after_batch = [c for c in after_batch if not isinstance(c, ProgressLogger)]
+        for cb in callbacks:
             cb.on_train_begin(self)
         plan: dict[str, float] | None = None
         self.stop = False
@@ -357,11 +209,17 @@ class Trainer:
                 if new_plan != plan:
                     plan = new_plan
                     engine.set_plan(plan, head_only=cached)
-                progress.epoch_start(self.epoch)
+                    if st is not None:  # the optimizer state belongs to this first plan
+                        engine.load_training_state(st.optimizer)
+                        st = None
+                for cb in callbacks:
+                    cb.on_epoch_begin(self, self.epoch)
                 t0 = time.perf_counter()
                 order = self.rng.permutation(n)
                 losses = []
                 for i in range(steps_per_epoch):
+                    for cb in per_batch:
+                        cb.on_batch_begin(self, i)
                     idx = order[i * self.batch_size : (i + 1) * self.batch_size]
                     xb = self._batch(inputs, idx, cached)
                     lr = learning_rate(
@@ -369,7 +227,8 @@ class Trainer:
                     )
                     losses.append(engine.train_step(xb, y[idx], lr))
                     self.step += 1
-                    progress.step(i)
+                    for cb in after_batch:
+                        cb.on_batch_end(self, i, {"loss": losses[-1], "lr": lr})
                 loss = float(np.mean([float(v) for v in losses]))
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -397,17 +256,12 @@ class Trainer:
                     )
                 logs["time"] = time.perf_counter() - t0
                 self.epoch += 1
-                self.history.append(logs)
-                progress.epoch_end(logs)
-                for cb in self.callbacks:
+                for cb in callbacks:
                     cb.on_epoch_end(self, self.epoch - 1, logs)
-                if self.checkpoint_dir is not None:
-                    self.state().save(self.checkpoint_dir)
         finally:
             engine.end_training()
-        for cb in self.callbacks:
+        for cb in callbacks:
             cb.on_train_end(self)
-        model.history = self.history.epochs
         return self.history
 
     def _prepare_once(self, x: Any) -> Any:

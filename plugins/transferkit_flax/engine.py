@@ -135,7 +135,6 @@ class FlaxEngine(Engine):
         self._eval_cache: tuple | None = None
         self._train: dict[str, Any] | None = None
         self._tx = None
-        self._pending_opt: dict[str, np.ndarray] | None = None
         self._key = jax.random.key(0)
 
     def _find_norms(self) -> list[tuple[nnx.BatchNorm, str]]:
@@ -237,16 +236,13 @@ class FlaxEngine(Engine):
         self._tx = _transform(optimizer)
         self._key = jax.random.key(seed)
         self._train = None
-        self._pending_opt = None
 
     def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
         self._sync()
         old = self._train
         self.multiples = {**dict(multiples), "head": 1.0}
         self.head_only = head_only
-        opt_leaves = _keystr_leaves(old["opt"]) if old is not None else self._pending_opt
-        self._pending_opt = None
-        self._split_for_training(opt_leaves)
+        self._split_for_training(_keystr_leaves(old["opt"]) if old is not None else None)
 
     def _group(self, path: tuple) -> str:
         if path[0] == "head":
@@ -314,7 +310,9 @@ class FlaxEngine(Engine):
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
         if "rng.jax" in state:
             self._key = jax.random.wrap_key_data(jnp.asarray(state["rng.jax"]))
-        self._pending_opt = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+        if self._train is not None:  # after set_plan: the state belongs to this plan
+            self._sync()
+            self._split_for_training({k[4:]: v for k, v in state.items() if k.startswith("opt.")})
 
 
 def _canonical_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:

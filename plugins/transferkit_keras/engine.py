@@ -300,7 +300,6 @@ class KerasEngine(Engine):
         self._optimizer_spec: OptimizerSpec | None = None
         self._optimizer: TorchRuleOptimizer | None = None
         self._trained: keras.Model | None = None
-        self._pending_opt: dict[str, np.ndarray] | None = None
 
     # --- naming -----------------------------------------------------------------------
     def _index(self) -> list[Weight]:
@@ -383,7 +382,6 @@ class KerasEngine(Engine):
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
         self._optimizer_spec = optimizer
         self._optimizer = None
-        self._pending_opt = None
         for i, gen in enumerate(self._seed_generators()):
             gen.state.assign(np.array([seed * 7919 + i + 1, 0], dtype=gen.state.dtype))
 
@@ -391,15 +389,13 @@ class KerasEngine(Engine):
     def set_plan(self, multiples: Mapping[str, float], head_only: bool) -> None:
         self.multiples = dict(multiples)
         self.head_only = head_only
-        carried = self._optimizer_slots() if self._optimizer is not None else self._pending_opt
-        self._pending_opt = None
+        carried = self._optimizer_slots() if self._optimizer is not None else None
         for layer, group in self._layer_groups:
             train = self.multiples.get(group, 0.0) > 0 and not head_only
             if not train:
                 self._pinned.add(group)
             layer.trainable = train
-            if isinstance(layer, _MODAL):
-                pin_inference(layer, group in self._pinned)
+        self._pin()
         self._trained = self.head if head_only else self.native
         variables = self._trained.trainable_variables
         names = [self._by_var[id(v)].name for v in variables]
@@ -409,17 +405,27 @@ class KerasEngine(Engine):
         self._optimizer.build(variables)
         self._slot_names = names
         if carried:  # keep the state of variables that stay trainable
-            for slot, vars_ in self._optimizer.slots.items():
-                for name, var in zip(names, vars_, strict=True):
-                    key = f"{name}.{slot}"
-                    if key in carried and tuple(np.shape(carried[key])) == tuple(var.shape):
-                        var.assign(np.asarray(carried[key], dtype=var.dtype))
+            self._assign_slots(carried)
         loss = (
             keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             if self.loss == "cross_entropy"
             else keras.losses.MeanSquaredError()
         )
         self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile="auto")
+
+    def _pin(self) -> None:
+        """A BatchNorm (or dropout) of a group frozen at some point stays in inference
+        mode, as the Keras transfer-learning guide prescribes."""
+        for layer, group in self._layer_groups:
+            if isinstance(layer, _MODAL):
+                pin_inference(layer, group in self._pinned)
+
+    def _assign_slots(self, carried: Mapping[str, np.ndarray]) -> None:
+        for slot, vars_ in self._optimizer.slots.items():
+            for name, var in zip(self._slot_names, vars_, strict=True):
+                key = f"{name}.{slot}"
+                if key in carried and tuple(np.shape(carried[key])) == tuple(var.shape):
+                    var.assign(np.asarray(carried[key], dtype=var.dtype))
 
     def _multiple(self, group: str | None) -> float:
         return 1.0 if group is None else self.multiples.get(group, 0.0)
@@ -459,7 +465,9 @@ class KerasEngine(Engine):
         if "bn.pinned" in state:
             flags = np.asarray(state["bn.pinned"])
             self._pinned = {g for g, f in zip(self.spec.group_names, flags, strict=True) if f}
-        self._pending_opt = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+        self._pin()  # called after set_plan: the state belongs to the plan now in force
+        if self._optimizer is not None:
+            self._assign_slots({k[4:]: v for k, v in state.items() if k.startswith("opt.")})
 
 
 def build_engine(

@@ -1,0 +1,88 @@
+"""Training checkpoints: everything an exact resume needs, written atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import atomic
+from . import weights as wio
+from .errors import ModelDirError, WeightsError
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainState:
+    """Everything an exact resume needs, in one place."""
+
+    epoch: int  # epochs completed
+    step: int
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+    rng: dict[str, Any]  # numpy generator state (shuffling, augmentation)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @staticmethod
+    def check_target(path: Path) -> None:
+        """Refuse to overwrite a directory that is not a training checkpoint."""
+        if path.exists() and (
+            not path.is_dir() or (any(path.iterdir()) and not (path / "state.json").is_file())
+        ):
+            raise ModelDirError(
+                f"checkpoint_dir {str(path)!r} exists and is not a training checkpoint "
+                "(a saved model, say); choose another directory"
+            )
+
+    def save(self, path: str | Path) -> None:
+        """Write to a directory atomically (the previous checkpoint survives a crash at
+        any instant; see :mod:`transferkit.atomic`)."""
+
+        def fill(tmp: Path) -> None:
+            wio.save(self.weights, tmp / "weights.safetensors")
+            wio.save(
+                self.optimizer or {"_empty": np.zeros(0, np.float32)}, tmp / "optimizer.safetensors"
+            )
+            meta = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "rng": self.rng,
+                "history": self.history,
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2))  # the marker: last
+
+        atomic.write_dir(Path(path), fill, STATE_FILE, self.check_target, "training checkpoint")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainState:
+        path = Path(path)
+        atomic.recover(path, STATE_FILE)
+        if not (path / STATE_FILE).is_file():
+            raise ModelDirError(f"{str(path)!r} holds no training checkpoint ({STATE_FILE})")
+        try:
+            meta = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, found {type(meta).__name__}")
+            epoch, step = meta["epoch"], meta["step"]
+            if not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, step)
+            ):
+                raise ValueError(f"epoch {epoch!r} and step {step!r} must be counts")
+            if not isinstance(meta["rng"], dict) or not isinstance(meta["history"], list):
+                raise ValueError("rng must be an object and history a list")
+        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            raise ModelDirError(
+                f"training checkpoint {str(path / STATE_FILE)!r} is corrupt ({e}); resume from "
+                "another checkpoint or start again"
+            ) from None
+        try:
+            opt = wio.read(path / "optimizer.safetensors")
+            weights = wio.read(path / "weights.safetensors")
+        except WeightsError as e:
+            raise ModelDirError(f"training checkpoint {str(path)!r}: {e}") from None
+        opt.pop("_empty", None)
+        return cls(epoch, step, weights, opt, meta["rng"], meta["history"])

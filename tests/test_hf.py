@@ -164,7 +164,7 @@ def test_lora_trains_adapters_and_head_and_reloads(tmp_path):
     expected = model.predict(TEXTS)
     model.save(tmp_path / "lora")
     saved = json.loads((tmp_path / "lora" / "config.json").read_text())
-    assert saved["adapter"]["r"] == 4 and saved["options"] == {"pooling": "mean", "normalize": True}
+    assert saved["peft"]["r"] == 4 and saved["options"] == {"pooling": "mean", "normalize": True}
     assert (tmp_path / "lora" / "assets" / "tokenizer.json").is_file()  # the tokenizer too
     with pytest.raises(errors.ConfigError, match="has no realisation in framework 'flax'"):
         tk.load(tmp_path / "lora", framework="flax")

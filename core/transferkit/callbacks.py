@@ -120,7 +120,7 @@ class EarlyStopping(Callback):
         if self._better(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                self.best_weights = trainer.model.engine.get_weights()
+                self.best_weights = trainer.model.get_weights()
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -128,7 +128,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self.restore_best and self.best_weights is not None:
-            trainer.model.engine.set_weights(self.best_weights)
+            trainer.model.set_weights(self.best_weights)
 
 
 class ProgressLogger(Callback):

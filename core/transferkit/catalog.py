@@ -148,9 +148,25 @@ class BackboneSpec:
     def pretrained(self) -> bool:
         return self.weights is not None or self.loads_pretrained
 
-    def create(self, **kwargs: Any) -> Any:
-        """Call the factory (this is where the framework gets imported)."""
-        return _load_callable(self.factory)(**kwargs)
+    def create(self, expect: type | None = None, **kwargs: Any) -> Any:
+        """Call the factory (this is where the framework gets imported) with the keyword
+        arguments its framework documents; ``expect``: the type the framework needs back
+        (an adapter passes it, so that a plugin's mistake is named, not a crash later)."""
+        try:
+            factory = _load_callable(self.factory)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(
+                f"the factory {self.factory!r} of backbone {self.name!r} cannot be imported "
+                f"({type(e).__name__}: {e}); is its plugin installed completely?"
+            ) from None
+        obj = factory(**kwargs)
+        if expect is not None and not isinstance(obj, expect):
+            raise ConfigError(
+                f"the factory of backbone {self.name!r} returned {type(obj).__name__}, not a "
+                f"{expect.__module__}.{expect.__qualname__}; see what a factory returns in "
+                "transferkit.hookspecs (the plugin author's manual)"
+            )
+        return obj
 
     def group_of(self, key: str) -> str:
         """The layer group that owns canonical parameter name ``key``."""

@@ -274,9 +274,7 @@ def _run_text(
         encoder.reset_head(seed)
         probe(encoder, train, seed)
         model = build("hf:all-MiniLM-L6-v2", head=Classifier(5), input_shape=(128,), seed=seed)
-        model.engine.set_weights(
-            {k: v for k, v in encoder.engine.get_weights().items() if k.startswith("head.")}
-        )
+        model.set_weights({k: v for k, v in encoder.get_weights().items() if k.startswith("head.")})
         fit(
             model,
             train,

@@ -221,11 +221,12 @@ class Engine(ABC):
         state can be put straight into the optimizer built for that plan."""
 
     # --- optional ------------------------------------------------------------------
-    def add_adapter(self, adapter: Mapping[str, Any]) -> None:
-        """Insert trainable adapters (``{"kind": "lora", ...}``, see ``tk.freeze.LoRA``)
-        into the frozen backbone. Their parameters form the layer group ``"adapter"``."""
+    def add_peft(self, peft: Mapping[str, Any]) -> None:
+        """Insert trainable parameter-efficient modules (``{"kind": "lora", ...}``, see
+        ``tk.freeze.LoRA``) into the frozen backbone. Their parameters form the layer
+        group ``"peft"``."""
         raise ConfigError(
-            f"{type(self).__name__} does not support {adapter.get('kind')!r} adapters"
+            f"{type(self).__name__} does not support {peft.get('kind')!r} modules (LoRA)"
         )
 
     def save_assets(self, path: Path) -> None:

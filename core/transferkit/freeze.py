@@ -66,8 +66,9 @@ class FreezePolicy:
         """True when no backbone group trains in any epoch: features can be cached."""
         return all(not any(self.plan(groups, e).values()) for e in range(max(1, epochs)))
 
-    #: adapters the policy inserts into the backbone (see ``LoRA``); None for most
-    adapter: ClassVar[dict | None] = None
+    #: parameter-efficient modules the policy inserts into the backbone (see ``LoRA``);
+    #: None for most
+    peft: ClassVar[dict | None] = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class LoRA(FreezePolicy):
         return 0
 
     @property
-    def adapter(self) -> dict:
+    def peft(self) -> dict:
         return {
             "kind": "lora",
             "r": self.r,
@@ -178,7 +179,7 @@ class LoRA(FreezePolicy):
         }
 
     def plan(self, groups: Sequence[str], epoch: int) -> dict[str, float]:
-        return {**super().plan(groups, epoch), "adapter": 1.0}
+        return {**super().plan(groups, epoch), "peft": 1.0}
 
     def frozen_throughout(self, groups: Sequence[str], epochs: int) -> bool:
         return False  # the adapters change the backbone's output

@@ -75,23 +75,24 @@ class Model:
     ):
         self.spec = spec
         self.head = head
-        self.framework = framework
+        self._framework = framework
         self.engine = engine
         self.input_shape = tuple(input_shape)
         self.classes = classes
         self.weights_origin = weights_origin
         self.history: list[dict[str, Any]] = []
-        self.adapter: dict[str, Any] | None = None
+        #: parameter-efficient modules inserted into the backbone (LoRA), or None
+        self.peft: dict[str, Any] | None = None
 
-    def add_adapter(self, adapter: dict[str, Any]) -> None:
-        """Insert trainable adapters (LoRA) into the frozen backbone; ``tk.freeze.LoRA``
-        calls this for you."""
-        if self.adapter is not None:
-            if dict(adapter) != self.adapter:
-                raise ConfigError(f"this model already has the adapter {self.adapter}")
+    def add_peft(self, peft: dict[str, Any]) -> None:
+        """Insert trainable parameter-efficient modules (LoRA) into the frozen backbone;
+        ``tk.freeze.LoRA`` calls this for you."""
+        if self.peft is not None:
+            if dict(peft) != self.peft:
+                raise ConfigError(f"this model already has the LoRA modules {self.peft}")
             return
-        self.engine.add_adapter(dict(adapter))
-        self.adapter = dict(adapter)
+        self.engine.add_peft(dict(peft))
+        self.peft = dict(peft)
 
     def reset_head(self, seed: int = 0) -> None:
         """Put the head back to its seeded initial weights (the backbone is untouched)."""
@@ -104,8 +105,26 @@ class Model:
         )
 
     @property
+    def framework(self) -> str:
+        """The name of the framework the model is realised in (``"torch"``)."""
+        return self.spec.framework
+
+    @property
     def backbone(self) -> Backbone:
         return Backbone(self.spec, self.engine.backbone, self.input_shape)
+
+    # --- weights ---------------------------------------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Every weight (BatchNorm statistics included) by canonical name, float32 in
+        PyTorch's layout: the same names and values in every framework."""
+        return self.engine.get_weights()
+
+    def set_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load some or all weights by canonical name; names the model lacks and shapes
+        that differ are a :class:`~transferkit.errors.WeightsError`."""
+        shapes = self.engine.param_shapes()
+        expected = {k: shapes[k] for k in arrays if k in shapes}
+        self.engine.set_weights(wio.match(arrays, expected, f"model {self.spec.name!r}"))
 
     @property
     def native(self) -> Any:
@@ -183,7 +202,7 @@ class Model:
             "weights_origin": self.weights_origin,
             "groups": [[g.name, list(g.prefixes)] for g in self.spec.groups],
             "options": self.engine.options(),
-            "adapter": self.adapter,
+            "peft": self.peft,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -426,8 +445,9 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     model = build(
         name, head=head, weights=None, input_shape=shape, classes=cfg.get("classes"), **options
     )
-    if cfg.get("adapter"):
-        model.add_adapter(cfg["adapter"])
+    peft = cfg.get("peft", cfg.get("adapter"))  # "adapter": the name in format 1's first files
+    if peft:
+        model.add_peft(peft)
     checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
     model.engine.set_weights(checked)
     model.weights_origin = str(path)
@@ -449,6 +469,7 @@ _CONFIG_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "arch": ((str, type(None)), False),
     "classes": ((list, type(None)), False),
     "options": ((dict,), False),
+    "peft": ((dict, type(None)), False),
     "adapter": ((dict, type(None)), False),
     "weights_origin": ((str, type(None)), False),
 }

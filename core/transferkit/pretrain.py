@@ -38,7 +38,7 @@ def pretrain(
     scores = model.evaluate(held_out)
     arrays = {
         k[len("backbone.") :]: v
-        for k, v in model.engine.get_weights().items()
+        for k, v in model.get_weights().items()
         if k.startswith("backbone.")
     }
     path = Path(out) if out else HERE / f"{arch}.safetensors"

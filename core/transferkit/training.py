@@ -163,8 +163,8 @@ class Trainer:
         xv, yv = self._inputs(val, "val") if val is not None else (None, None)
         cached = self.uses_feature_cache()
         st = TrainState.load(resume_from) if resume_from is not None else None
-        if self.policy.adapter is not None:
-            model.add_adapter(self.policy.adapter)
+        if self.policy.peft is not None:
+            model.add_peft(self.policy.peft)
         if st is not None:  # a checkpoint of another model is named before any step
             st.weights = wio.match(
                 st.weights, engine.param_shapes(), f"this model ({model.spec.name!r})"

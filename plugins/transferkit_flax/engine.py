@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
+from transferkit import BackboneSpec, Engine, Head, OptimizerSpec, layout
 from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
 
@@ -32,20 +32,12 @@ _LEAF = {
 }
 
 
-def to_canonical(value: np.ndarray, leaf: str) -> np.ndarray:
-    if leaf == "kernel" and value.ndim == 4:  # HWIO -> OIHW
-        return value.transpose(3, 2, 0, 1)
-    if leaf == "kernel" and value.ndim == 2:  # (in, out) -> (out, in)
-        return value.T
-    return value
+def _to_canonical(value: np.ndarray, leaf: str) -> np.ndarray:
+    return layout.kernel_to_canonical(value) if leaf == "kernel" else value
 
 
-def from_canonical(value: np.ndarray, leaf: str) -> np.ndarray:
-    if leaf == "kernel" and value.ndim == 4:  # OIHW -> HWIO (depthwise (C,1,k,k) -> (k,k,1,C))
-        return value.transpose(2, 3, 1, 0)
-    if leaf == "kernel" and value.ndim == 2:
-        return value.T
-    return value
+def _from_canonical(value: np.ndarray, leaf: str) -> np.ndarray:
+    return layout.kernel_from_canonical(value) if leaf == "kernel" else value
 
 
 class FlaxHead(nnx.Module):
@@ -176,13 +168,16 @@ class FlaxEngine(Engine):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         self._sync()
         return {
-            name: _canonical_shape(var.get_value().shape, leaf) for name, var, leaf in self._flat()
+            name: layout.canonical_shape(var.get_value().shape)
+            if leaf == "kernel"
+            else tuple(var.get_value().shape)
+            for name, var, leaf in self._flat()
         }
 
     def get_weights(self) -> dict[str, np.ndarray]:
         self._sync()
         return {
-            name: np.array(to_canonical(np.asarray(var.get_value()), leaf), np.float32)
+            name: np.array(_to_canonical(np.asarray(var.get_value()), leaf), np.float32)
             for name, var, leaf in self._flat()
         }
 
@@ -191,7 +186,7 @@ class FlaxEngine(Engine):
         self._sync()
         for name, var, leaf in self._flat():
             if name in arrays:
-                var.set_value(jnp.asarray(from_canonical(np.asarray(arrays[name]), leaf)))
+                var.set_value(jnp.asarray(_from_canonical(np.asarray(arrays[name]), leaf)))
         self._eval_cache = None
         if self._train is not None:  # re-split so training continues from these weights
             self._split_for_training()
@@ -315,14 +310,6 @@ class FlaxEngine(Engine):
             self._split_for_training({k[4:]: v for k, v in state.items() if k.startswith("opt.")})
 
 
-def _canonical_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
-    if leaf == "kernel" and len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    if leaf == "kernel" and len(shape) == 2:
-        return (shape[1], shape[0])
-    return tuple(shape)
-
-
 @partial(jax.jit, static_argnums=0)
 def _features(graph, params, stats, x):
     return nnx.merge(graph, params, stats, copy=True).backbone(x)
@@ -364,11 +351,7 @@ def build_engine(
     device: str = "auto",
 ) -> FlaxEngine:
     rngs = nnx.Rngs(seed)
-    backbone = spec.create(input_shape=input_shape, rngs=rngs)
-    if not isinstance(backbone, nnx.Module):
-        raise TypeError(
-            f"factory of {spec.name!r} returned {type(backbone).__name__}, not a flax.nnx.Module"
-        )
+    backbone = spec.create(nnx.Module, input_shape=input_shape, rngs=rngs)
     model = FlaxModel(backbone, FlaxHead(head.dense_layers(spec.feature_size), rngs))
     return FlaxEngine(spec, model, head, data_parallel, device)
 

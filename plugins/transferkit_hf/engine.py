@@ -68,8 +68,8 @@ class HFEngine(TorchEngine):
         if any(k.startswith("backbone.") for k in arrays):
             self.clear_feature_memo()
 
-    def add_adapter(self, adapter: Mapping[str, Any]) -> None:
-        super().add_adapter(adapter)
+    def add_peft(self, peft: Mapping[str, Any]) -> None:
+        super().add_peft(peft)
         self.clear_feature_memo()
 
     def train_step(self, x: Any, y: np.ndarray, lr: float) -> Any:
@@ -97,5 +97,7 @@ def build_engine(
 ) -> HFEngine:
     torch.manual_seed(seed)
     kwargs = {**spec.options, **options}
-    backbone = spec.create(input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs)
+    backbone = spec.create(
+        HFEncoder, input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs
+    )
     return HFEngine(spec, backbone, head, max_length=int(input_shape[0]), device=device)

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
+from transferkit import BackboneSpec, Engine, Head, OptimizerSpec, layout
 from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
 
@@ -38,29 +38,6 @@ _LEAF = {
 }
 # Layers that behave differently in training: held in inference mode when frozen.
 _MODAL = (layers.BatchNormalization, layers.Dropout)
-
-
-def to_canonical(value: np.ndarray, leaf: str, depthwise: bool) -> np.ndarray:
-    if leaf == "kernel" and value.ndim == 4:
-        if depthwise:  # (k, k, C, m) -> (C*m, 1, k, k)
-            k1, k2, c, m = value.shape
-            return value.transpose(2, 3, 0, 1).reshape(c * m, 1, k1, k2)
-        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    if leaf == "kernel" and value.ndim == 2:  # (in, out) -> (out, in)
-        return value.T
-    return value
-
-
-def from_canonical(value: np.ndarray, leaf: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Canonical array -> the Keras layout of a variable of ``shape``."""
-    if leaf == "kernel" and value.ndim == 4:
-        if value.shape[1] == 1 and shape[3] * shape[2] == value.shape[0] and shape[2] != 1:
-            k1, k2, c, m = shape  # depthwise
-            return value.reshape(c, m, k1, k2).transpose(2, 3, 0, 1)
-        return value.transpose(2, 3, 1, 0)
-    if leaf == "kernel" and value.ndim == 2:
-        return value.T
-    return value
 
 
 def canonical_prefix(layer: layers.Layer) -> str:
@@ -95,20 +72,18 @@ class Weight:
 
     def canonical_shape(self) -> tuple[int, ...]:
         shape = tuple(self.var.shape)
-        if self.leaf == "kernel" and len(shape) == 4:
-            if self.depthwise:
-                return (shape[2] * shape[3], 1, shape[0], shape[1])
-            return (shape[3], shape[2], shape[0], shape[1])
-        if self.leaf == "kernel" and len(shape) == 2:
-            return (shape[1], shape[0])
-        return shape
+        return layout.canonical_shape(shape, self.depthwise) if self.leaf == "kernel" else shape
 
     def get(self) -> np.ndarray:
-        value = ops.convert_to_numpy(self.var.value)
-        return np.array(to_canonical(value, self.leaf, self.depthwise), np.float32)
+        value = np.asarray(ops.convert_to_numpy(self.var.value))
+        if self.leaf == "kernel":
+            value = layout.kernel_to_canonical(value, self.depthwise)
+        return np.array(value, np.float32)
 
     def set(self, value: np.ndarray) -> None:
-        value = from_canonical(np.asarray(value), self.leaf, tuple(self.var.shape))
+        value = np.asarray(value)
+        if self.leaf == "kernel":
+            value = layout.kernel_from_canonical(value, tuple(self.var.shape))
         self.var.assign(np.asarray(value, dtype=self.var.dtype).reshape(self.var.shape))
 
 
@@ -482,9 +457,5 @@ def build_engine(
     placement = resolve_device(device)
     keras.utils.set_random_seed(seed)
     with keras.device(placement) if placement else contextlib.nullcontext():
-        backbone = spec.create(input_shape=tuple(input_shape), **options)
-        if not isinstance(backbone, keras.Model):
-            raise TypeError(
-                f"factory of {spec.name!r} returned {type(backbone).__name__}, not a keras.Model"
-            )
+        backbone = spec.create(keras.Model, input_shape=tuple(input_shape), **options)
         return KerasEngine(spec, backbone, head, seed, placement)

@@ -106,7 +106,7 @@ class TorchEngine(Engine):
         if name.startswith("head."):
             return "head"
         if ".lora_" in name:
-            return "adapter"
+            return "peft"
         return self.spec.group_of(name[len("backbone.") :])
 
     def to_input(self, x: Any) -> Any:
@@ -114,9 +114,9 @@ class TorchEngine(Engine):
         on the model's device."""
         return _nchw(x).to(self.device, non_blocking=True)
 
-    def add_adapter(self, adapter: Mapping[str, Any]) -> None:
-        if adapter.get("kind") != "lora":
-            raise ConfigError(f"unknown adapter kind {adapter.get('kind')!r}; expected 'lora'")
+    def add_peft(self, peft: Mapping[str, Any]) -> None:
+        if peft.get("kind") != "lora":
+            raise ConfigError(f"unknown PEFT kind {peft.get('kind')!r}; expected 'lora'")
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:
@@ -124,18 +124,16 @@ class TorchEngine(Engine):
                 "LoRA needs the 'peft' package: pip install 'transferkit[hf]'"
             ) from None
         config = LoraConfig(
-            r=adapter["r"],
-            lora_alpha=adapter["alpha"],
-            target_modules=list(adapter["target"]),
-            lora_dropout=adapter["dropout"],
+            r=peft["r"],
+            lora_alpha=peft["alpha"],
+            target_modules=list(peft["target"]),
+            lora_dropout=peft["dropout"],
             bias="none",
         )
         try:
             inject_adapter_in_model(config, self.backbone)
         except ValueError as e:  # no module matched the target names
-            raise ConfigError(
-                f"LoRA target {adapter['target']} in {self.spec.name!r}: {e}"
-            ) from None
+            raise ConfigError(f"LoRA target {peft['target']} in {self.spec.name!r}: {e}") from None
         self._index_parameters()
         self.optimizer = None
 
@@ -275,9 +273,5 @@ def build_engine(
     device: str = "auto",
 ) -> TorchEngine:
     torch.manual_seed(seed)
-    backbone = spec.create(input_shape=input_shape)
-    if not isinstance(backbone, nn.Module):
-        raise TypeError(
-            f"factory of {spec.name!r} returned {type(backbone).__name__}, not a torch.nn.Module"
-        )
+    backbone = spec.create(nn.Module, input_shape=input_shape)
     return TorchEngine(spec, backbone, head, device)

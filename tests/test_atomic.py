@@ -189,8 +189,8 @@ def test_resume_from_a_checkpoint_of_another_architecture(tmp_path):
     other = tk.build("torch:mlp", head=tk.Classifier(2, hidden=(4,)), weights=None)
     tk.fit(other, tk.Dataset(x, y), epochs=1, verbose=0, checkpoint_dir=tmp_path / "ckpt")
     model = tk.build("torch:mlp", head=tk.Classifier(2), weights=None)
-    before = model.engine.get_weights()
+    before = model.get_weights()
     with pytest.raises(errors.WeightsError, match="unexpected.*head.hidden.0"):
         tk.fit(model, tk.Dataset(x, y), epochs=2, verbose=0, resume_from=tmp_path / "ckpt")
-    after = model.engine.get_weights()
+    after = model.get_weights()
     assert all(np.array_equal(before[k], after[k]) for k in before)

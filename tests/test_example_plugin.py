@@ -103,7 +103,7 @@ def test_build_fit_save_load(site, tmp_path):
     # Every backbone weight (BatchNorm statistics included) is in a layer group.
     groups = {
         model.spec.group_of(k.removeprefix("backbone."))
-        for k in model.engine.param_shapes()
+        for k in model.get_weights()
         if k.startswith("backbone.")
     }
     assert groups == {"block1", "block2"}

@@ -120,7 +120,7 @@ DATA_PARALLEL = textwrap.dedent("""
         m = tk.build("flax:cnn", head=tk.Classifier(4), weights=None, input_shape=(16, 16, 3),
                      data_parallel=dp)
         tk.fit(m, data, epochs=3, batch_size=8, verbose=0, seed=0)
-        out.append((m.engine.get_weights(), m.predict(x)))
+        out.append((m.get_weights(), m.predict(x)))
     diff = max(np.abs(out[0][0][k] - out[1][0][k]).max() for k in out[0][0])
     pdiff = np.abs(out[0][1] - out[1][1]).max()
     sharding = m.engine._put(x[:8])[0].sharding

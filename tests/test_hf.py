@@ -114,7 +114,7 @@ def test_cls_pooling_and_local_directory(tiny_bert):
 
 def test_gradual_unfreeze_reaches_every_layer(tiny_bert):
     model = tk.build(f"hf:{tiny_bert}", head=tk.Classifier(2))
-    before = {k: v.copy() for k, v in model.engine.get_weights().items()}
+    before = {k: v.copy() for k, v in model.get_weights().items()}
     tk.fit(
         model,
         tk.Dataset(TEXTS, LABELS),
@@ -125,7 +125,7 @@ def test_gradual_unfreeze_reaches_every_layer(tiny_bert):
         seed=0,
         verbose=0,
     )
-    after = model.engine.get_weights()
+    after = model.get_weights()
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     # the head first, then layer1, layer0 and (last) the embeddings
     for prefix in (
@@ -142,7 +142,7 @@ def test_lora_trains_adapters_and_head_and_reloads(tmp_path):
     from transferkit_hf.encoder import minilm_path  # noqa: F401  (the hf extra is present)
 
     model = tk.build(MINILM, head=tk.Classifier(2), input_shape=(32,), seed=0)
-    frozen = {k: v.copy() for k, v in model.engine.get_weights().items() if "lora" not in k}
+    frozen = {k: v.copy() for k, v in model.get_weights().items() if "lora" not in k}
     tk.fit(
         model,
         tk.Dataset(TEXTS, LABELS),
@@ -153,7 +153,7 @@ def test_lora_trains_adapters_and_head_and_reloads(tmp_path):
         seed=0,
         verbose=0,
     )
-    weights = model.engine.get_weights()
+    weights = model.get_weights()
     lora = [k for k in weights if "lora_" in k]
     assert lora and any(np.abs(weights[k]).max() > 0 for k in lora if "lora_B" in k)
     for k, v in frozen.items():  # the encoder's own weights did not move; the head did

@@ -72,7 +72,7 @@ def test_layer_groups_and_learning_rate_multiples_match_torch(tiny_images):
             cache_features=False,
             verbose=0,
         )
-        weights.append(model.engine.get_weights())
+        weights.append(model.get_weights())
     for k in ("backbone.stage3.conv.weight", "backbone.stage4.conv.weight", "head.out.weight"):
         np.testing.assert_allclose(weights[0][k], weights[1][k], atol=1e-4, err_msg=k)
 
@@ -88,7 +88,7 @@ class LastThenAll(tk.freeze.FreezePolicy):
 def test_frozen_batchnorm_stays_in_inference_mode_after_unfreezing(tiny_images):
     x, y = tiny_images
     model = tk.build("keras:cnn", head=tk.Classifier(3), input_shape=(16, 16, 3))
-    before = model.engine.get_weights()
+    before = model.get_weights()
     tk.fit(
         model,
         tk.Dataset(x, y),
@@ -98,7 +98,7 @@ def test_frozen_batchnorm_stays_in_inference_mode_after_unfreezing(tiny_images):
         cache_features=False,
         verbose=0,
     )
-    after = model.engine.get_weights()
+    after = model.get_weights()
     assert not np.array_equal(
         before["backbone.stage1.conv.weight"], after["backbone.stage1.conv.weight"]
     )
@@ -183,13 +183,13 @@ def test_keras_applications_build_with_random_weights_and_train():
         "keras:mobilenet_v2", head=tk.Classifier(2), weights=None, input_shape=(32, 32, 3)
     )
     assert model.spec.feature_size == 1280 and model.spec.group_names[-1] == "stage5"
-    names = model.engine.param_shapes()
+    names = model.get_weights()
     # every stage holds weights, the first the stem, the last the 1x1 head convolution
     for g in model.spec.group_names:
         assert any(k.startswith(f"backbone.{g}.") for k in names), g
     assert "backbone.stage1.Conv1.weight" in names and "backbone.stage5.Conv_1.weight" in names
     x = np.random.default_rng(0).random((6, 32, 32, 3), dtype=np.float32)
-    before = model.engine.get_weights()
+    before = model.get_weights()
     tk.fit(
         model,
         tk.Dataset(x, np.arange(6) % 2),
@@ -198,7 +198,7 @@ def test_keras_applications_build_with_random_weights_and_train():
         cache_features=False,
         verbose=0,
     )
-    after = model.engine.get_weights()
+    after = model.get_weights()
     assert all(np.array_equal(before[k], after[k]) for k in before if ".stage1." in k)
     assert not np.array_equal(
         before["backbone.stage5.Conv_1.weight"], after["backbone.stage5.Conv_1.weight"]
@@ -308,11 +308,11 @@ BACKEND_RUN = textwrap.dedent("""
         for fw in ("torch", "keras"):
             model = tk.build(f"{fw}:cnn", head=tk.Classifier(3), input_shape=(16, 16, 3),
                              seed=2)
-            start = model.engine.get_weights()
+            start = model.get_weights()
             tk.fit(model, tk.Dataset(x, y), freeze=tk.freeze.TrainLast(2, lr_decay=0.5),
                    epochs=2, batch_size=12, optimizer=opt, weight_decay=wd, lr=lr,
                    cache_features=False, verbose=0)
-            weights.append(model.engine.get_weights())
+            weights.append(model.get_weights())
         out["optimizer_diff"][opt] = [
             max(float(np.abs(weights[0][k] - weights[1][k]).max()) for k in keys),
             min(float(np.abs(weights[0][k] - start[k]).max()) for k in keys),

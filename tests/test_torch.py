@@ -30,10 +30,10 @@ def test_efficientnet_lite0_imagenet_predictions_make_sense():
     from transferkit.pretrained import efficientnet_lite0
 
     fc = wio.read(efficientnet_lite0())
-    model.engine.set_weights({"head.out.weight": fc["_fc.weight"], "head.out.bias": fc["_fc.bias"]})
+    model.set_weights({"head.out.weight": fc["_fc.weight"], "head.out.bias": fc["_fc.bias"]})
     probs = model.predict(np.stack([photo("china.jpg"), photo("flower.jpg")]))
     assert probs.argmax(1).tolist() == [698, 985]  # palace, daisy
-    n = sum(v.size for k, v in model.engine.get_weights().items() if "running" not in k)
+    n = sum(v.size for k, v in model.get_weights().items() if "running" not in k)
     assert n == 4_652_008
 
 
@@ -70,7 +70,7 @@ def test_resnet18_loads_a_torchvision_named_file(tmp_path):
     model = tk.build(
         "torch:resnet18", head=tk.Classifier(10), weights=None, input_shape=(32, 32, 3)
     )
-    names = set(model.engine.param_shapes())
+    names = set(model.get_weights())
     for key in (
         "backbone.conv1.weight",
         "backbone.layer1.0.conv1.weight",
@@ -80,9 +80,7 @@ def test_resnet18_loads_a_torchvision_named_file(tmp_path):
         assert key in names
     # A torchvision checkpoint: backbone names without prefix, plus its own 'fc'.
     arrays = {
-        k[9:]: v * 0 + 0.01
-        for k, v in model.engine.get_weights().items()
-        if k.startswith("backbone.")
+        k[9:]: v * 0 + 0.01 for k, v in model.get_weights().items() if k.startswith("backbone.")
     }
     arrays["fc.weight"] = np.zeros((1000, 512), np.float32)
     arrays["fc.bias"] = np.zeros(1000, np.float32)
@@ -93,7 +91,7 @@ def test_resnet18_loads_a_torchvision_named_file(tmp_path):
         weights=tmp_path / "resnet18.safetensors",
         input_shape=(32, 32, 3),
     )
-    w = loaded.engine.get_weights()
+    w = loaded.get_weights()
     assert np.all(w["backbone.layer3.0.conv1.weight"] == np.float32(0.01))
     assert loaded.features(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 512)
 

@@ -136,10 +136,10 @@ def data():
     ],
 )
 def test_fit_rejects_bad_options_naming_them(mlp, data, options, problem):
-    before = mlp.engine.get_weights()
+    before = mlp.get_weights()
     with pytest.raises(errors.ConfigError, match=problem):
         tk.fit(mlp, data, verbose=0, **options)
-    after = mlp.engine.get_weights()
+    after = mlp.get_weights()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
@@ -322,11 +322,11 @@ def test_device_cpu_works_and_an_absent_device_is_named(framework, tiny_images):
 
 def test_set_weights_rejects_names_the_model_lacks(framework):
     model = tk.build(f"{framework}:cnn", head=tk.Classifier(2), weights=None)
-    w = model.engine.get_weights()
+    w = model.get_weights()
     with pytest.raises(errors.WeightsError, match="no weights named backbone.nope"):
         model.engine.set_weights({**w, "backbone.nope": np.zeros(2, np.float32)})
     model.engine.set_weights({"head.out.bias": np.ones(2, np.float32)})  # a subset is fine
-    assert model.engine.get_weights()["head.out.bias"].tolist() == [1.0, 1.0]
+    assert model.get_weights()["head.out.bias"].tolist() == [1.0, 1.0]
 
 
 def test_saved_config_records_no_device(framework, tmp_path):
@@ -356,3 +356,14 @@ def test_saved_config_records_no_device(framework, tmp_path):
 def test_policies_and_callbacks_reject_bad_arguments(make, problem):
     with pytest.raises(errors.TransferkitError, match=problem):
         make()
+
+
+def test_model_set_weights_checks_names_and_shapes(mlp):
+    w = mlp.get_weights()
+    with pytest.raises(errors.WeightsError, match="unexpected.*backbone.nope"):
+        mlp.set_weights({"backbone.nope": np.zeros(2, np.float32)})
+    with pytest.raises(errors.WeightsError, match=r"head.out.bias: file \(2,\) vs model \(3,\)"):
+        mlp.set_weights({"head.out.bias": np.zeros(2, np.float32)})
+    mlp.set_weights({"head.out.bias": np.ones(3, np.float32)})
+    assert mlp.get_weights()["head.out.bias"].tolist() == [1.0, 1.0, 1.0]
+    mlp.set_weights(w)

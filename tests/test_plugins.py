@@ -277,7 +277,7 @@ def test_strict_mode_raises_on_a_clash_after_the_builtins_loaded(monkeypatch):
     with pytest.raises(errors.PluginError, match=r"'aaa_evil'.*clashes.*plugin 'torch'"):
         reg.load_entry_points()
     assert reg.plugins["torch"].status == "loaded"
-    assert torch_backbones <= set(reg.catalog.names())
+    assert torch_backbones <= {s.name for s in reg.catalog.filter()}
     assert all(reg.catalog.origin[n] == "torch" for n in torch_backbones)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,3 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._specs)
-
-    def names(self) -> Sequence[str]:
-        return sorted(self._specs)

@@ -1,0 +1,186 @@
+"""Loaders for the data users have: image folders, CSV/JSONL tables, ``.npz`` files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import Dataset
+from .errors import EmptyDataError, InputDTypeError, InputShapeError, LabelError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Dataset:
+    """Load ``root/<class>/*.png|jpg`` as RGB float32 images in [0, 1].
+
+    Classes are the sub-directory names in sorted order. Images are resized to
+    ``size`` (H, W) when given, else all must share one size.
+    """
+    from PIL import Image  # pillow comes with matplotlib; imported only here
+
+    from .preprocess import resize
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EmptyDataError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise EmptyDataError(
+            f"image folder {str(root)!r} has no class sub-directories; expected root/<class>/*.png"
+        )
+    xs, ys = [], []
+    for c, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EmptyDataError(f"class folder {str(root / name)!r} holds no images")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file
+                raise InputDTypeError(
+                    f"cannot read image {str(f)!r} ({type(e).__name__}: {e}); remove or "
+                    "replace the file"
+                ) from None
+            if size is not None:
+                arr = resize(arr[None], size)[0]
+            xs.append(arr)
+            ys.append(c)
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:
+        raise InputShapeError(
+            f"images in {str(root)!r} have different sizes {sorted(shapes)[:3]}...; "
+            "pass size=(H, W) to resize them"
+        )
+    return Dataset(np.stack(xs), np.array(ys, dtype=np.int64), classes, name=root.name)
+
+
+def read_table(
+    path: str | Path,
+    text: str = "text",
+    label: str = "label",
+    classes: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+) -> Dataset:
+    """Texts and labels from a CSV or JSONL file (one object per line), read as UTF-8
+    (a byte-order mark is skipped) unless ``encoding`` says otherwise.
+
+    Labels may be class names (mapped to indices in sorted order, or in the order of
+    ``classes``) or integers. Every row must have a text and a label.
+    """
+    import csv
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmptyDataError(f"{str(path)!r} does not exist")
+    try:
+        content = path.read_bytes().decode("utf-8-sig" if encoding == "utf-8" else encoding)
+    except UnicodeDecodeError as e:
+        raise InputDTypeError(
+            f"{str(path)!r} is not {encoding} text (byte {e.start}: {e.reason}); save it as "
+            "UTF-8, or pass encoding='latin-1' (say) to read_table"
+        ) from None
+    except LookupError:
+        raise InputDTypeError(f"unknown encoding {encoding!r}") from None
+    rows: list[Any]
+    if path.suffix.lower() in {".jsonl", ".ndjson"}:
+        rows = []
+        for n, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputDTypeError(f"{str(path)!r} line {n} is not valid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise InputDTypeError(
+                    f"{str(path)!r} line {n} is a JSON {type(row).__name__}, not an object "
+                    f'like {{"{text}": "...", "{label}": "..."}}'
+                )
+            rows.append((n, row))
+    else:
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        rows = [(n, r) for n, r in enumerate(reader, start=2)]
+    if not rows:
+        raise EmptyDataError(f"{str(path)!r} holds no rows")
+    for col in (text, label):
+        if col not in rows[0][1]:
+            raise LabelError(
+                f"{str(path)!r} has no column {col!r} (columns: "
+                f"{', '.join(map(str, rows[0][1]))}); pass text=... and label=... to name them"
+            )
+    texts, raw = [], []
+    for n, r in rows:
+        t, v = r.get(text), r.get(label)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise LabelError(f"{str(path)!r} line {n} has no {label!r}: every row needs a label")
+        if not isinstance(t, str):
+            raise InputDTypeError(
+                f"{str(path)!r} line {n}: {text!r} is {type(t).__name__} {t!r:.40}, not text"
+            )
+        if isinstance(v, (dict, list, float, bool)):
+            raise LabelError(
+                f"{str(path)!r} line {n}: label {v!r:.40} is not a class name or an integer"
+            )
+        texts.append(t)
+        raw.append(v)
+    if (
+        all(
+            isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+            for v in raw
+        )
+        and classes is None
+    ):
+        y = np.array([int(v) for v in raw], dtype=np.int64)
+        names = None
+    else:
+        names = list(classes) if classes is not None else sorted({str(v) for v in raw})
+        unknown = sorted({str(v) for v in raw} - set(names))
+        if unknown:
+            raise LabelError(f"labels {unknown[:5]} are not in classes {names}")
+        y = np.array([names.index(str(v)) for v in raw], dtype=np.int64)
+    return Dataset(texts, y, names, name=path.stem)
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Load ``x``, ``y`` (and optional ``classes``) arrays from an ``.npz`` file."""
+    import zipfile
+
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays x and y")
+        with f:
+            if "x" not in f:
+                raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
+            classes = [str(c) for c in f["classes"]] if "classes" in f else None
+            labels = f["y"] if "y" in f else None  # noqa: SIM401 - NpzFile has no .get
+            return Dataset(f["x"], labels, classes, name=Path(path).stem)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, EmptyDataError):
+            raise
+        raise InputDTypeError(
+            f"cannot read {str(path)!r} as an .npz of arrays x and y ({e}); write it with "
+            "numpy.savez(path, x=..., y=...) (object arrays are not read)"
+        ) from None
+
+
+def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:
+    """Load a data set from an image folder or an ``.npz`` file."""
+    p = Path(path)
+    if p.is_dir():
+        return image_folder(p, size=size)
+    if p.suffix == ".npz" and p.is_file():
+        return load_npz(p)
+    if p.suffix.lower() in {".csv", ".jsonl", ".ndjson"} and p.is_file():
+        return read_table(p)
+    raise EmptyDataError(
+        f"cannot load data from {str(p)!r}: expected an image folder (root/<class>/*.png), "
+        "an .npz file with arrays x and y, or a .csv/.jsonl file with text and label columns"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import callbacks, data, datasets, errors, freeze, metrics
+from .builder import build, list_backbones
 from .callbacks import Callback, Checkpoint, EarlyStopping, History, ProgressLogger
 from .catalog import BackboneSpec, LayerGroup, WeightSource
 from .checkpoint import TrainState
@@ -22,8 +23,9 @@ from .framework import Engine, Framework, OptimizerSpec
 from .freeze import FreezePolicy
 from .heads import Classifier, Head, Regressor
 from .hookspecs import hookimpl
-from .model import Backbone, Model, build, list_backbones, load
+from .model import Backbone, Model
 from .plugins import list_plugins, register
+from .saving import load
 from .training import Trainer, fit
 
 try:

@@ -17,7 +17,7 @@ from .errors import ConfigError, DataError, ModelDirError, TransferkitError
 
 
 def _backbones(args: argparse.Namespace) -> int:
-    from .model import list_backbones
+    from .builder import list_backbones
     from .plugins import registry
 
     specs = list_backbones(args.pattern, args.framework, tuple(args.tag or ()))
@@ -295,9 +295,9 @@ def _labelled(data: Any, spec: str) -> Any:
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run ``transferkit fit`` from a dict of options (flags or TOML)."""
     from . import freeze as freeze_mod
+    from .builder import build
     from .data import load as load_data
     from .heads import Classifier, Regressor
-    from .model import build
     from .training import fit
 
     validate_run_description(cfg)
@@ -374,7 +374,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data import load as load_data
-    from .model import load
+    from .saving import load
 
     if not Path(args.model).is_dir():
         raise ModelDirError(

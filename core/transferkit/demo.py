@@ -22,10 +22,11 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import datasets
+from .builder import build
 from .data import Dataset
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune, LoRA
 from .heads import Classifier
-from .model import Model, build
+from .model import Model
 from .plugins import registry
 from .training import fit
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import weights as wio
+from .builder import build
 from .datasets import digits_source
 from .heads import Classifier
-from .model import build
 from .pretrained import HERE
 from .training import fit
 

@@ -1,0 +1,158 @@
+"""Saved models: a directory of safetensors weights and a checked JSON config, written
+atomically (``atomic.py``) and loaded into the framework it was saved from, or another."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import atomic, validate
+from . import weights as wio
+from .builder import build
+from .errors import ConfigError, ModelDirError, TransferkitError, WeightsError
+from .heads import Head
+from .model import ASSETS, CONFIG_FILE, FORMAT, WEIGHTS_FILE, Model
+from .plugins import registry
+
+
+def save(model: Model, path: str | Path) -> Path:
+    """Write ``model`` to the directory ``path`` (see :meth:`Model.save`)."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ConfigError(f"save() needs a directory path, got {path!r:.60}")
+
+    def fill(tmp: Path) -> None:
+        wio.save(model.get_weights(), tmp / WEIGHTS_FILE, {"format": FORMAT})
+        cfg = model.config()
+        (tmp / ASSETS).mkdir()
+        model.engine.save_assets(tmp / ASSETS)
+        if not any((tmp / ASSETS).iterdir()):
+            (tmp / ASSETS).rmdir()
+        if model.history:
+            (tmp / "history.json").write_text(json.dumps(model.history, indent=2))
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))  # the marker: last
+
+    return atomic.write_dir(Path(path), fill, CONFIG_FILE, _check_target, "model directory")
+
+
+def _check_target(target: Path) -> None:
+    if target.is_dir() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
+        raise ModelDirError(
+            f"{str(target)!r} exists and is not a transferkit model directory; "
+            "refusing to overwrite it"
+        )
+
+
+def load(path: str | Path, framework: str | None = None, **options: Any) -> Model:
+    """Load a saved model directory, in its own framework or in ``framework``.
+
+    ``framework="flax"`` (say) rebuilds a model saved from PyTorch in Flax through the
+    shared reference architecture and canonical weight names.
+    """
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"load() needs a model directory path, got {path!r:.60}")
+    path = Path(path)
+    atomic.recover(path, CONFIG_FILE)  # a save that was killed mid-swap
+    cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {str(path)!r} does not exist")
+    for f in (cfg_file, w_file):
+        if not f.is_file():
+            raise ModelDirError(
+                f"{str(path)!r} is not a complete transferkit model: {f.name} is missing"
+            )
+    try:
+        cfg = read_config(cfg_file)
+        head = Head.from_config(cfg["head"])
+        name = cfg["backbone"]
+        shape = tuple(cfg["input_shape"])
+    except (ValueError, KeyError, TypeError, TransferkitError) as e:
+        raise ModelDirError(f"{str(cfg_file)!r} is corrupt: {e}") from None
+    if framework is not None:
+        validate.string("load(framework)", framework)
+    if framework is not None and framework != cfg.get("framework"):
+        name = _realisation(cfg, framework)
+    try:
+        arrays = wio.read(w_file)
+    except WeightsError as e:
+        raise ModelDirError(str(e)) from None
+    same_framework = framework in (None, cfg.get("framework"))
+    if same_framework:
+        options = {**cfg.get("options", {}), **options}
+        if (path / ASSETS).is_dir():
+            options["assets"] = path / ASSETS
+    model = build(
+        name, head=head, weights=None, input_shape=shape, classes=cfg.get("classes"), **options
+    )
+    peft = cfg.get("peft", cfg.get("adapter"))  # "adapter": the name in format 1's first files
+    if peft:
+        model.add_peft(peft)
+    checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
+    model.engine.set_weights(checked)
+    model.weights_origin = str(path)
+    history = path / "history.json"
+    if history.is_file():
+        try:
+            model.history = json.loads(history.read_text())
+        except (ValueError, UnicodeDecodeError):
+            model.history = []  # a log, not the model: a bad one loses nothing that matters
+    return model
+
+
+#: config.json fields: name -> (accepted types, required)
+_CONFIG_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "backbone": ((str,), True),
+    "head": ((dict,), True),
+    "input_shape": ((list,), True),
+    "framework": ((str,), False),
+    "arch": ((str, type(None)), False),
+    "classes": ((list, type(None)), False),
+    "options": ((dict,), False),
+    "peft": ((dict, type(None)), False),
+    "adapter": ((dict, type(None)), False),
+    "weights_origin": ((str, type(None)), False),
+}
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A saved model's ``config.json``, checked field by field (``ValueError`` names the
+    first field that is wrong)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"expected a JSON object, found {type(cfg).__name__}")
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"format is {cfg.get('format')!r}, not {FORMAT!r}")
+    for key, (types, required) in _CONFIG_FIELDS.items():
+        if key not in cfg:
+            if required:
+                raise ValueError(f"field {key!r} is missing")
+            continue
+        if not isinstance(cfg[key], types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"field {key!r} is {cfg[key]!r:.40}, expected {expected}")
+    if not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in cfg["input_shape"]
+    ):
+        raise ValueError(
+            f"field 'input_shape' is {cfg['input_shape']!r:.40}, expected positive integers"
+        )
+    if cfg.get("classes") is not None and not all(isinstance(c, str) for c in cfg["classes"]):
+        raise ValueError("field 'classes' must be a list of strings")
+    return cfg
+
+
+def _realisation(cfg: dict[str, Any], framework: str) -> str:
+    arch = cfg.get("arch")
+    reg = registry()
+    reg.framework(framework)
+    for spec in reg.catalog.filter(framework=framework):
+        if arch and spec.arch == arch:
+            return spec.name
+    raise ConfigError(
+        f"the saved backbone {cfg['backbone']!r} (architecture {arch!r}) has no realisation in "
+        f"framework {framework!r}; realisations of {arch!r}: "
+        f"{', '.join(s.name for s in reg.catalog.filter() if s.arch == arch) or 'none'}"
+    )

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tomllib
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError, ModelDirError, TransferkitError
+from .errors import ConfigError, ModelDirError, TransferkitError
+from .runconfig import FIT_DEFAULTS, _existing_data_path, _labelled, run_config
 
 
 def _backbones(args: argparse.Namespace) -> int:
@@ -145,208 +144,6 @@ def _pretrain(args: argparse.Namespace) -> int:
         path, scores = pretrain(arch, args.framework, out, args.seed)
         print(f"{arch}: held-out accuracy on digits 0-4 {scores['accuracy']:.4f} -> {path}")
     return 0
-
-
-FIT_DEFAULTS: dict[str, Any] = {
-    "head": "classifier",
-    "hidden": [],
-    "dropout": 0.0,
-    "freeze": "full",
-    "epochs": 10,
-    "lr": 1e-3,
-    "batch_size": 32,
-    "optimizer": "adam",
-    "weight_decay": 0.0,
-    "schedule": "cosine",
-    "seed": 0,
-    "weights": "pretrained",
-    "val_split": 0.0,
-    "out": "runs/model",
-    "freeze_options": {},
-}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_text(v: Any) -> bool:
-    return isinstance(v, str) and bool(v.strip())
-
-
-def _int_at_least(lo: int) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and v >= lo
-
-
-def _one_of(*choices: str) -> Callable[[Any], bool]:
-    return lambda v: v in choices
-
-
-def _ints_at_least_1(v: Any) -> bool:
-    return isinstance(v, list) and all(_is_int(i) and i >= 1 for i in v)
-
-
-#: what each key of a run description must hold: (what, check, example value)
-FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
-    "backbone": ("a backbone name", _is_text, '"torch:cnn"'),
-    "data": ("a data path or builtin:digits|builtin:faces", _is_text, '"builtin:digits"'),
-    "val": ("a data path", _is_text, '"val.npz"'),
-    "shots": ("an integer >= 1", _int_at_least(1), "5"),
-    "input_shape": ("a list of integers >= 1", _ints_at_least_1, "[32, 32, 3]"),
-    "head": ('"classifier" or "regressor"', _one_of("classifier", "regressor"), '"classifier"'),
-    "hidden": ("a list of layer sizes (integers >= 1)", _ints_at_least_1, "[64]"),
-    "dropout": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, "0.2"),
-    "freeze": ("a freeze policy name", _is_text, '"train_last"'),
-    "epochs": ("an integer >= 1", _int_at_least(1), "10"),
-    "lr": ("a number > 0", lambda v: _is_number(v) and v > 0, "0.001"),
-    "batch_size": ("an integer >= 1", _int_at_least(1), "32"),
-    "optimizer": ('"adam", "adamw" or "sgd"', _one_of("adam", "adamw", "sgd"), '"adam"'),
-    "weight_decay": ("a number >= 0", lambda v: _is_number(v) and v >= 0, "0.0001"),
-    "schedule": ('"cosine" or "constant"', _one_of("cosine", "constant"), '"cosine"'),
-    "seed": ("an integer >= 0", _int_at_least(0), "0"),
-    "weights": (
-        '"pretrained", "none" or a .safetensors path',
-        lambda v: isinstance(v, str),
-        '"pretrained"',
-    ),
-    "val_split": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, "0.2"),
-    "out": ("a directory path", _is_text, '"runs/model"'),
-    "freeze_options": (
-        "a table of the freeze policy's options",
-        lambda v: isinstance(v, dict),
-        "{n = 2}",
-    ),
-}
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-_TYPE_NAMES.update({list: "a list", dict: "a table"})
-
-
-def _toml_value(v: Any) -> str:
-    try:
-        return json.dumps(v)
-    except (TypeError, ValueError):
-        return repr(v)
-
-
-def validate_run_description(cfg: dict[str, Any]) -> None:
-    """Check every key and value of a run description before anything is loaded or
-    built; a :class:`ConfigError` names the key, the value and what it must be."""
-    unknown = set(cfg) - set(FIT_SCHEMA)
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) in the run description: {', '.join(sorted(unknown))}; "
-            f"the options are {', '.join(sorted(FIT_SCHEMA))}"
-        )
-    for key, value in cfg.items():
-        if value is None:
-            continue
-        what, ok, example = FIT_SCHEMA[key]
-        if ok(value):
-            continue
-        kind = _TYPE_NAMES.get(type(value), type(value).__name__)
-        raise ConfigError(
-            f"fit option `{key} = {_toml_value(value)}` ({kind}) is not valid: {key} must be "
-            f"{what}, e.g. `{key} = {example}`"
-        )
-
-
-def _existing_data_path(spec: str, what: str = "data") -> str:
-    if not Path(spec).exists():
-        raise DataError(
-            f"{what} path {spec!r} does not exist; pass an image folder (root/<class>/*.png), "
-            "an .npz file with arrays x and y, a .csv/.jsonl file, or builtin:digits / "
-            "builtin:faces"
-        )
-    return spec
-
-
-def _load_data(spec: str, shots: int | None, seed: int):
-    from . import data, datasets
-
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        loaders = {"digits": datasets.digits_transfer, "faces": datasets.faces}
-        if name not in loaders:
-            raise ConfigError(
-                f"unknown built-in data {spec!r}; use builtin:digits or builtin:faces"
-            )
-        return loaders[name](shots=shots, seed=seed)
-    train = _labelled(data.load(_existing_data_path(spec)), spec)
-    return (train.few_shot(shots, seed) if shots else train), None
-
-
-def _labelled(data: Any, spec: str) -> Any:
-    """Training and evaluation data must carry labels; say so rather than fail later."""
-    from .errors import LabelError
-
-    if data.y is None:
-        raise LabelError(
-            f"{spec!r} holds no labels: an .npz needs an array named 'y' beside 'x' "
-            "(numpy.savez(path, x=..., y=...)); fit and evaluate need labelled data"
-        )
-    return data
-
-
-def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run ``transferkit fit`` from a dict of options (flags or TOML)."""
-    from . import freeze as freeze_mod
-    from .builder import build
-    from .data import load as load_data
-    from .heads import Classifier, Regressor
-    from .training import fit
-
-    validate_run_description(cfg)
-    cfg = {**FIT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    for key in ("backbone", "data"):
-        if not cfg.get(key):
-            raise ConfigError(f"`transferkit fit` needs {key} (--{key} or `{key} = ...` in TOML)")
-    # Everything that can be checked without data is checked before data is loaded.
-    policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
-    train, val = _load_data(cfg["data"], cfg.get("shots"), cfg["seed"])
-    if cfg.get("val"):
-        val = _labelled(load_data(_existing_data_path(cfg["val"], "val")), cfg["val"])
-    elif cfg["val_split"]:
-        train, val = train.split(cfg["val_split"], seed=cfg["seed"])
-    if cfg["head"] == "classifier":
-        head = Classifier(train.num_classes, tuple(cfg["hidden"]), cfg["dropout"])
-    elif cfg["head"] == "regressor":
-        head = Regressor(1, tuple(cfg["hidden"]), cfg["dropout"])
-    else:
-        raise ConfigError(f"head must be 'classifier' or 'regressor', got {cfg['head']!r}")
-    weights = None if cfg["weights"] in ("none", "None", "") else cfg["weights"]
-    shape = tuple(cfg["input_shape"]) if cfg.get("input_shape") else None
-    model = build(
-        cfg["backbone"],
-        head=head,
-        weights=weights,
-        input_shape=shape,
-        classes=train.classes,
-        seed=cfg["seed"],
-    )
-    history = fit(
-        model,
-        train,
-        val=val,
-        freeze=policy,
-        epochs=cfg["epochs"],
-        lr=cfg["lr"],
-        batch_size=cfg["batch_size"],
-        optimizer=cfg["optimizer"],
-        weight_decay=cfg["weight_decay"],
-        schedule=cfg["schedule"],
-        seed=cfg["seed"],
-    )
-    out = model.save(cfg["out"])
-    history.to_csv(out / "history.csv")
-    result = {"out": str(out), "epochs": len(history)}
-    if val is not None:
-        result["val"] = model.evaluate(val)
-    return result
 
 
 def _fit(args: argparse.Namespace) -> int:

@@ -38,6 +38,6 @@ class TestKeras(AdapterConformance):
 class TestHF(AdapterConformance):
     """A 2-layer BERT in a local directory: text inputs, no reference architecture."""
 
-    @pytest.fixture(name="subject", scope="class")
+    @pytest.fixture(name="subject")
     def make_subject(self, tiny_bert):
         return Subject(backbone=f"hf:{tiny_bert}", reference=False)

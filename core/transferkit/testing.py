@@ -6,15 +6,16 @@ and pytest collects the whole suite for it (the pattern of pandas' extension-arr
 tests)::
 
     # tests/test_conformance.py of a third-party package
-    import pytest
-
-    pytest.register_assert_rewrite("transferkit.testing")  # best in conftest.py, before imports
-
     from transferkit.testing import AdapterConformance, Subject
 
 
     class TestMyFramework(AdapterConformance):
         subject = Subject(backbone="myfw:cnn", input_shape=(16, 16, 3))
+
+    # tests/conftest.py: failed asserts in the suite then show their values
+    import pytest
+
+    pytest.register_assert_rewrite("transferkit.testing")
 
 then ``pytest tests/test_conformance.py``. The suite needs pytest (not a dependency of
 transferkit itself). Every test is a method of the class, so ``-k``, ``-x`` and
@@ -24,10 +25,9 @@ be made at run time (a model written to a temporary directory, say) comes from a
 that overrides :meth:`AdapterConformance.make_subject`::
 
     class TestMyTextEncoder(AdapterConformance):
-        @pytest.fixture(name="subject", scope="class")
-        def make_subject(self, tmp_path_factory):
-            path = save_a_tiny_model(tmp_path_factory.mktemp("tiny"))
-            return Subject(backbone=f"myfw:{path}", reference=False)
+        @pytest.fixture(name="subject")
+        def make_subject(self, tiny_model_dir):  # a fixture of yours that saves one
+            return Subject(backbone=f"myfw:{tiny_model_dir}", reference=False)
 
 The tests are small (24 examples, 16x16 images, a few epochs) and check behaviour users
 rely on: shapes, repeatable seeded training that learns, frozen layer groups that do not
@@ -61,6 +61,11 @@ to 128 features:
   transferkit, holding exactly those 20 arrays (trained on digits 0-4); the spec's
   weight source finds it, and core loads it into every realisation unchanged.
 
+One thing the suite asks of an engine beyond :class:`transferkit.Engine`'s contract: the
+keys of ``training_state()`` name the parameter each optimizer slot belongs to (its
+canonical name or native path, as ``opt.backbone.stage4.conv.weight.exp_avg`` or
+``opt.[0].mu['backbone']['stage4']...``), so that frozen groups can be seen to hold none.
+
 A third-party *backbone* for an existing framework (``torch:mynet``) runs the suite with
 ``reference=False`` (and ``pretrained=False`` if it has no weights).
 """
@@ -82,7 +87,6 @@ import transferkit as tk
 from transferkit import errors
 from transferkit import weights as wio
 from transferkit.catalog import BackboneSpec
-from transferkit.model import _spec
 from transferkit.plugins import registry
 
 __all__ = ["AdapterConformance", "Subject", "PARITY_FRAMEWORK", "SENTENCES"]
@@ -151,7 +155,8 @@ class Subject:
         reference: the backbone realises a transferkit reference architecture (its spec
             names it as ``arch``, with the canonical weight names), so a linear probe on
             it must train exactly as on the ``PARITY_FRAMEWORK`` realisation. That test
-            is skipped when the parity framework is not installed.
+            is skipped when the parity framework is not installed, and for the parity
+            framework's own realisation.
     """
 
     backbone: str
@@ -172,8 +177,15 @@ class Subject:
 
     @functools.cached_property
     def spec(self) -> BackboneSpec:
-        """The backbone's registered (or resolved) spec, without importing a framework."""
-        return _spec(self.backbone)
+        """The backbone's spec: registered, or resolved from the name by its framework (as
+        ``tk.build`` does); an unknown name raises ``UnknownBackboneError``."""
+        reg = registry()
+        if self.backbone in reg.catalog:
+            return reg.catalog.get(self.backbone)
+        fw = reg.frameworks.get(self.framework)
+        short = self.backbone.partition(":")[2]
+        spec = fw.resolve(short) if fw is not None and short else None
+        return spec if spec is not None else reg.catalog.get(self.backbone)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import callbacks, data, datasets, errors, freeze, metrics
+from . import callbacks, data, datasets, errors, freeze, metrics, regularizers
 from .builder import build, list_backbones
 from .callbacks import Callback, Checkpoint, EarlyStopping, History, ProgressLogger
 from .catalog import BackboneSpec, LayerGroup, WeightSource
@@ -66,5 +66,6 @@ __all__ = [
     "list_plugins",
     "load",
     "metrics",
+    "regularizers",
     "register",
 ]

@@ -14,6 +14,7 @@ from . import weights as wio
 from .errors import ModelDirError, WeightsError
 
 STATE_FILE = "state.json"
+ANCHORS_FILE = "anchors.safetensors"
 
 
 @dataclass
@@ -26,6 +27,8 @@ class TrainState:
     optimizer: dict[str, np.ndarray]
     rng: dict[str, Any]  # numpy generator state (shuffling, augmentation)
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: a regulariser's anchors (``w⁰`` of L2-SP), so a resumed run pulls toward them
+    anchors: dict[str, np.ndarray] = field(default_factory=dict)
 
     @staticmethod
     def check_target(path: Path) -> None:
@@ -47,6 +50,8 @@ class TrainState:
             wio.save(
                 self.optimizer or {"_empty": np.zeros(0, np.float32)}, tmp / "optimizer.safetensors"
             )
+            if self.anchors:
+                wio.save(self.anchors, tmp / ANCHORS_FILE)
             meta = {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -82,7 +87,8 @@ class TrainState:
         try:
             opt = wio.read(path / "optimizer.safetensors")
             weights = wio.read(path / "weights.safetensors")
+            anchors = wio.read(path / ANCHORS_FILE) if (path / ANCHORS_FILE).exists() else {}
         except WeightsError as e:
             raise ModelDirError(f"training checkpoint {str(path)!r}: {e}") from None
         opt.pop("_empty", None)
-        return cls(epoch, step, weights, opt, meta["rng"], meta["history"])
+        return cls(epoch, step, weights, opt, meta["rng"], meta["history"], anchors)

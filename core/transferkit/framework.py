@@ -28,6 +28,7 @@ import numpy as np
 from .catalog import BackboneSpec
 from .errors import ConfigError, FrameworkNotInstalledError, WeightsError
 from .heads import Head
+from .regularizers import Penalty
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|gpu|tpu)(:\d+)?)$")
@@ -94,6 +95,44 @@ DEVICE = BuildOption(
     "where the model runs",
     spelling="'auto'|'cpu'|'cuda'|'cuda:<index>'|'mps'|'tpu'",
 )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A native training loop that ``transferkit bench`` times transferkit's engine step
+    against: what a user of the framework writes for the same model, weights and batches.
+    Declared by a framework (:attr:`Framework.baselines`) as cheap metadata; the factory
+    is imported only in the benchmark's case process.
+
+    ``factory``: ``"module:attr"`` of a callable ``(model, x, y, lr, twin) -> runner``.
+    ``model`` is the built :class:`~transferkit.Model` (use ``model.native`` and the
+    public API: copy its weights before either side trains), ``x`` the task's training
+    inputs as ``model.prepare`` returns them, ``y`` their labels, ``lr`` Adam's learning
+    rate, and ``twin()`` builds another model with the same weights (for a loop that
+    needs a model of its own). The runner has ``description`` (one line for the report),
+    ``steps_per_round`` (batches per call, usually 1) and ``run(batches)``: one training
+    step per index array in ``batches``, waiting for the last; it returns ``None`` (the
+    wall time is measured) or its own steady-state ms per step.
+
+    ``isolated``: run in a process of its own (a compiler that may hang or crash).
+    ``default``: run when a suite does not name this framework's baselines.
+    """
+
+    name: str
+    factory: str
+    isolated: bool = False
+    default: bool = True
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running a framework that is fixed per process (Keras's backend, say),
+    benchmarked as ``framework[variant]``: the modules it needs besides the framework's
+    own ``requires``, and the environment variables that select it in a fresh process."""
+
+    name: str
+    requires: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -220,6 +259,16 @@ class Engine(ABC):
         after the ``set_plan`` of the plan the state was saved under, so the optimizer
         state can be put straight into the optimizer built for that plan."""
 
+    def set_penalty(self, penalty: Penalty | None) -> None:
+        """Add ``Σ c/2 · ‖w − a‖²`` (:class:`~transferkit.regularizers.Penalty`: canonical
+        name -> coefficient ``c`` and anchor ``a`` in canonical layout, zero where absent)
+        over the weights that train under the plan in force to the loss the framework
+        differentiates, inside the compiled step. Called after ``start_training``, before
+        the first ``set_plan``. While a penalty is set, ``train_step`` returns the pair
+        ``(task loss, penalty)``. ``None``: no penalty (the default)."""
+        if penalty is not None:
+            raise ConfigError(f"{type(self).__name__} does not support regularizers")
+
     # --- optional ------------------------------------------------------------------
     def add_peft(self, peft: Mapping[str, Any]) -> None:
         """Insert trainable parameter-efficient modules (``{"kind": "lora", ...}``, see
@@ -322,3 +371,31 @@ class Framework(ABC):
         """Build backbone (via ``spec.create``) and head natively, randomly initialised
         from ``seed``, with the backbone's build ``options``. Import the framework here,
         not at module level."""
+
+    # --- what the benchmark (``transferkit bench``) asks of a framework ---------------
+    #: native loops the benchmark compares this framework's engine step with
+    baselines: tuple[Baseline, ...] = ()
+    #: distributions whose versions a benchmark report names (default: ``requires``)
+    libraries: tuple[str, ...] = ()
+    #: environment defaults for a fresh process that runs this framework (quieter logs,
+    #: a GPU shared politely); the user's own settings win
+    process_env: tuple[tuple[str, str], ...] = ()
+
+    def variants(self) -> tuple[Variant, ...]:
+        """The per-process variants of this framework (Keras's backends); a benchmark
+        suite names one as ``framework[variant]``. None by default."""
+        return ()
+
+    def device_name(self, model: Any) -> str:
+        """Where a built :class:`~transferkit.Model` runs, in the framework's own words
+        (``"cpu"``, ``"cuda:0"``); every benchmark row carries it. Called in the process
+        that built the model, so it may import the framework."""
+        return "unknown"
+
+    def count_macs(self, model: Any) -> int | None:
+        """Multiply-accumulates of one forward pass of one example through a built model
+        (backbone and head) at its ``input_shape``: every convolution and dense layer,
+        and the attention matmuls of a transformer; normalisation, activations and
+        pooling are not counted. The benchmark derives FLOPs from it. ``None``: this
+        framework cannot count them. May import the framework."""
+        return None

@@ -30,10 +30,11 @@ from .callbacks import (
 )
 from .checkpoint import TrainState
 from .data import Dataset, as_dataset, check_labels
-from .errors import ConfigError, TrainingError, TransferkitError
+from .errors import ConfigError, TrainingError, TransferkitError, warn
 from .framework import OPTIMIZERS, OptimizerSpec
 from .freeze import FreezePolicy, FullFineTune
 from .model import Model
+from .regularizers import Penalty, Regularizer
 
 SCHEDULES = ("constant", "cosine")
 
@@ -72,6 +73,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: str | Path | None = None,
         verbose: int | str = "auto",
+        regularizer: Regularizer | None = None,
     ):
         if not isinstance(model, Model):
             raise ConfigError(
@@ -99,6 +101,12 @@ class Trainer:
         if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
             early_stopping = validate.integer("early_stopping (patience)", early_stopping, 1)
         callbacks = check_callbacks(callbacks)
+        if regularizer is not None and not isinstance(regularizer, Regularizer):
+            raise ConfigError(
+                "regularizer= expects tk.regularizers.L2SP(...) or tk.regularizers.L2(...), "
+                f"got {regularizer!r:.60}"
+            )
+        self.regularizer = regularizer
         self.model = model
         self.policy = freeze if freeze is not None else FullFineTune()
         if not isinstance(self.policy, FreezePolicy):
@@ -114,6 +122,7 @@ class Trainer:
         self.checkpoint = Checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
         self.verbose = verbose
         self.steps_per_epoch = 0
+        self.penalty: Penalty | None = None
         self.stop = False
         self.history = History()
         self.epoch = 0
@@ -144,7 +153,26 @@ class Trainer:
             engine.training_state(),
             self.rng.bit_generator.state,
             self.history.epochs,
+            dict(self.penalty.anchors) if self.penalty is not None else {},
         )
+
+    def _penalty(self, resumed: TrainState | None) -> Penalty | None:
+        """The regulariser's penalty, anchored where this run started (or, resumed, where
+        the interrupted run started)."""
+        reg = self.regularizer
+        if reg is None:
+            return None
+        frozen = self.policy.frozen_throughout(self.groups, self.epochs)
+        if reg.backbone_strength and frozen and self.policy.peft is None:
+            warn(
+                f"{reg!r}: the backbone stays frozen for the whole run ({self.policy!r}), "
+                "so only the head's term applies; train backbone layers for the rest"
+            )
+        weights = self.model.get_weights()
+        penalty = reg.penalty(weights, self.model.spec.ignore_keys)
+        if resumed is not None and resumed.anchors:
+            penalty = Penalty(penalty.coefficients, resumed.anchors)
+        return penalty
 
     def _inputs(self, data: Any, what: str) -> tuple[Any, np.ndarray]:
         data = as_dataset(data, what)
@@ -177,7 +205,9 @@ class Trainer:
             engine.set_weights(st.weights)
             self.rng.bit_generator.state = st.rng
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
+        self.penalty = self._penalty(st)  # anchored before any step
         engine.start_training(self.optimizer, self.seed)
+        engine.set_penalty(self.penalty)
 
         if cached:
             # The backbone never trains: one forward pass, then train the head on features.
@@ -216,7 +246,7 @@ class Trainer:
                     cb.on_epoch_begin(self, self.epoch)
                 t0 = time.perf_counter()
                 order = self.rng.permutation(n)
-                losses = []
+                losses, regs = [], []
                 for i in range(steps_per_epoch):
                     for cb in per_batch:
                         cb.on_batch_begin(self, i)
@@ -225,7 +255,11 @@ class Trainer:
                     lr = learning_rate(
                         self.step, total_steps, self.lr, self.schedule, self.warmup_steps
                     )
-                    losses.append(engine.train_step(xb, y[idx], lr))
+                    out = engine.train_step(xb, y[idx], lr)
+                    if self.penalty is not None:
+                        out, reg = out
+                        regs.append(reg)
+                    losses.append(out)
                     self.step += 1
                     for cb in after_batch:
                         cb.on_batch_end(self, i, {"loss": losses[-1], "lr": lr})
@@ -241,6 +275,8 @@ class Trainer:
                     "lr": lr,
                     "trainable_groups": sum(1 for v in plan.values() if v),
                 }
+                if regs:
+                    logs["reg_loss"] = float(np.mean([float(v) for v in regs]))
                 if val_inputs is not None:
                     outs = np.concatenate(
                         [
@@ -331,7 +367,9 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     compute frozen-backbone features once), ``augment`` (``f(batch, rng) -> batch`` on
     raw images), ``early_stopping`` (patience or an ``EarlyStopping``), ``callbacks``,
     ``checkpoint_dir`` (state for an exact resume after every epoch), ``resume_from``,
-    ``verbose`` (0, 1 bar, 2 lines, "auto").
+    ``verbose`` (0, 1 bar, 2 lines, "auto"), ``regularizer``
+    (``tk.regularizers.L2SP(alpha, beta)`` or ``L2(beta)``; history then logs
+    ``reg_loss`` beside the task ``loss``).
 
     Example::
 

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec, layout
 from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
+from transferkit.regularizers import Penalty
 
 # Flax leaf name -> canonical (PyTorch) leaf name
 _LEAF = {
@@ -128,6 +129,7 @@ class FlaxEngine(Engine):
         self._train: dict[str, Any] | None = None
         self._tx = None
         self._key = jax.random.key(0)
+        self._penalty: Penalty | None = None
 
     def _find_norms(self) -> list[tuple[nnx.BatchNorm, str]]:
         norms = []
@@ -273,8 +275,10 @@ class FlaxEngine(Engine):
                 opt,
             )
         tr, fr, st, opt = self._place((tr, fr, st, opt))
-        step = _make_step(graph, self._tx, self.loss, mults, self.head_only)
+        penalty = self._penalty_trees(tr)
+        step = _make_step(graph, self._tx, self.loss, mults, self.head_only, penalty is not None)
         self._train = {"tr": tr, "fr": fr, "st": st, "opt": opt, "step": step, "dirty": False}
+        self._train["penalty"] = penalty
         self._eval_cache = None
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
@@ -286,11 +290,41 @@ class FlaxEngine(Engine):
         w = np.zeros(len(xb), np.float32)
         w[:n] = 1.0
         wb, _ = self._put(w)
-        t["tr"], t["st"], t["opt"], self._key, loss = t["step"](
-            t["tr"], t["fr"], t["st"], t["opt"], xb, yb, wb, np.float32(lr), self._key
+        penalty = t["penalty"] or (None, None)
+        t["tr"], t["st"], t["opt"], self._key, loss, reg = t["step"](
+            t["tr"], t["fr"], t["st"], t["opt"], xb, yb, wb, np.float32(lr), self._key, *penalty
         )
         t["dirty"] = True
-        return loss
+        return loss if t["penalty"] is None else (loss, reg)
+
+    def set_penalty(self, penalty: Penalty | None) -> None:
+        self._penalty = penalty
+
+    def _penalty_trees(self, tr: Any) -> tuple[Any, Any] | None:
+        """Coefficient and anchor trees shaped like the trainable parameters ``tr``."""
+        p = self._penalty
+        if p is None:
+            return None
+
+        def keys(path) -> tuple:
+            return tuple(k.key for k in path if hasattr(k, "key"))
+
+        def name(path) -> str:
+            return _name(keys(path)[:-1]) + "." + _LEAF[str(keys(path)[-1])]
+
+        def coef(path, v):
+            return np.float32(p.coefficients.get(name(path), 0.0))
+
+        def anchor(path, v):
+            leaf = str(keys(path)[-1])
+            a = p.anchors.get(name(path))
+            if a is None:
+                return jnp.zeros(v.shape, v.dtype)
+            return jnp.asarray(_from_canonical(np.asarray(a, np.float32), leaf)).reshape(v.shape)
+
+        coefs = jax.tree_util.tree_map_with_path(coef, tr)
+        anchors = jax.tree_util.tree_map_with_path(anchor, tr)
+        return self._place((coefs, anchors))
 
     def end_training(self) -> None:
         self._sync()
@@ -325,19 +359,32 @@ def _predict(graph, params, stats, x):
     return nnx.merge(graph, params, stats, copy=True)(x)
 
 
-def _make_step(graph, tx, loss_kind: str, mults, head_only: bool):
-    def step(tr, fr, st, opt, x, y, w, lr, key):
+def _penalty(tr, coefs, anchors) -> jax.Array:
+    """``Σ c/2 ‖w − a‖²`` over the trainable leaves (trees of the same structure)."""
+    terms = [
+        c / 2 * jnp.sum(jnp.square(p - a))
+        for p, c, a in zip(
+            jax.tree.leaves(tr), jax.tree.leaves(coefs), jax.tree.leaves(anchors), strict=True
+        )
+    ]
+    return sum(terms, jnp.zeros((), jnp.float32))
+
+
+def _make_step(graph, tx, loss_kind: str, mults, head_only: bool, penalised: bool = False):
+    def step(tr, fr, st, opt, x, y, w, lr, key, coefs=None, anchors=None):
         key, sub = jax.random.split(key)
 
         def loss_fn(tr, st):
             model = nnx.merge(graph, tr, fr, st, copy=True)
             out = model.head(x, sub) if head_only else model(x, sub)
-            return _loss(loss_kind, out, y, w), nnx.state(model, nnx.BatchStat)
+            task = _loss(loss_kind, out, y, w)
+            reg = _penalty(tr, coefs, anchors) if penalised else jnp.zeros((), jnp.float32)
+            return task + reg, (nnx.state(model, nnx.BatchStat), task, reg)
 
-        (loss, st), grads = jax.value_and_grad(loss_fn, has_aux=True)(tr, st)
+        (_, (st, loss, reg)), grads = jax.value_and_grad(loss_fn, has_aux=True)(tr, st)
         updates, opt = tx.update(grads, opt, tr)
         tr = jax.tree.map(lambda p, u, m: p - (lr * m) * u, tr, updates, mults)
-        return tr, st, opt, key, loss
+        return tr, st, opt, key, loss, reg
 
     return jax.jit(step, donate_argnums=(0, 2, 3))
 

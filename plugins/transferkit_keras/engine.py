@@ -26,6 +26,7 @@ from keras import layers, ops
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec, layout
 from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
+from transferkit.regularizers import Penalty
 
 # Keras variable name -> canonical (PyTorch) leaf name
 _LEAF = {
@@ -250,6 +251,18 @@ def _on_device(method):
     return run
 
 
+class _Pull(keras.regularizers.Regularizer):
+    """``c/2 · ‖w − a‖²``: Keras adds it to the loss for every trainable variable that
+    carries it, inside its compiled step, so a frozen variable costs nothing."""
+
+    def __init__(self, coefficient: float, anchor: np.ndarray | None) -> None:
+        self.coefficient, self.anchor = coefficient, anchor
+
+    def __call__(self, x: Any) -> Any:
+        d = x if self.anchor is None else x - self.anchor
+        return (self.coefficient / 2) * ops.sum(ops.square(d))
+
+
 class KerasEngine(Engine):
     def __init__(
         self,
@@ -274,6 +287,7 @@ class KerasEngine(Engine):
         self._pinned: set[str] = set()  # groups frozen at some point: their BN stays frozen
         self._optimizer_spec: OptimizerSpec | None = None
         self._optimizer: TorchRuleOptimizer | None = None
+        self._penalised = False
         self._trained: keras.Model | None = None
 
     # --- naming -----------------------------------------------------------------------
@@ -406,9 +420,35 @@ class KerasEngine(Engine):
         return 1.0 if group is None else self.multiples.get(group, 0.0)
 
     @_on_device
+    def set_penalty(self, penalty: Penalty | None) -> None:
+        self._penalised = penalty is not None
+        for w in self._weights:
+            name = self._full_name(w)
+            c = 0.0 if penalty is None else float(penalty.coefficients.get(name, 0.0))
+            if not c:
+                w.var.regularizer = None
+                continue
+            a = penalty.anchors.get(name)
+            if a is not None:
+                a = np.asarray(a, np.float32)
+                if w.leaf == "kernel":
+                    a = layout.kernel_from_canonical(a, tuple(w.var.shape))
+                a = np.ascontiguousarray(a).reshape(w.var.shape)
+            w.var.regularizer = _Pull(c, a)
+
+    @_on_device
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
         self._optimizer.learning_rate = lr
-        return self._trained.train_on_batch(np.asarray(x, np.float32), y)
+        if not self._penalised:
+            return self._trained.train_on_batch(np.asarray(x, np.float32), y)
+        # Keras's loss includes the penalty at the weights the step starts from
+        reg = sum(
+            float(v.regularizer(v.value))
+            for v in self._trained.trainable_weights
+            if getattr(v, "regularizer", None) is not None
+        )
+        total = self._trained.train_on_batch(np.asarray(x, np.float32), y)
+        return float(total) - reg, reg
 
     def end_training(self) -> None:
         pass

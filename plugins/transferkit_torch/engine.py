@@ -13,6 +13,7 @@ from torch import nn
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
 from transferkit.errors import ConfigError, FrameworkNotInstalledError
 from transferkit.heads import DenseLayer
+from transferkit.regularizers import Penalty
 
 _NOT_WEIGHTS = ("num_batches_tracked",)
 
@@ -97,6 +98,8 @@ class TorchEngine(Engine):
         ]
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
         self.head_only = False
+        self._penalty: dict[str, tuple[float, torch.Tensor | None]] | None = None
+        self._penalised: list[tuple[nn.Parameter, float, torch.Tensor | None]] = []
 
     def _index_parameters(self) -> None:
         self._named = dict(self.native.named_parameters())
@@ -213,7 +216,25 @@ class TorchEngine(Engine):
             p.requires_grad_(train)
         for pg in self.optimizer.param_groups:
             pg["mult"] = self.multiples.get(pg["group"], 0.0)
+        self._penalised = [
+            (self._named[n], c, a)
+            for n, (c, a) in (self._penalty or {}).items()
+            if self._named[n].requires_grad
+        ]
         self._train_mode()
+
+    def set_penalty(self, penalty: Penalty | None) -> None:
+        self._penalty = None
+        if penalty is not None:
+            self._penalty = {}
+            for name, p in self._named.items():
+                c = float(penalty.coefficients.get(name, 0.0))
+                if c:
+                    a = penalty.anchors.get(name)
+                    if a is not None:
+                        a = torch.from_numpy(np.asarray(a, np.float32)).reshape(p.shape)
+                        a = a.to(self.device)
+                    self._penalty[name] = (c, a)
 
     def _train_mode(self) -> None:
         self.native.train()
@@ -235,10 +256,17 @@ class TorchEngine(Engine):
             if self.loss == "cross_entropy"
             else F.mse_loss(out, target)
         )
+        if self._penalty is None:
+            total = loss
+        else:
+            reg = out.new_zeros(())
+            for p, c, a in self._penalised:
+                reg = reg + (c / 2) * torch.sum(torch.square(p if a is None else p - a))
+            total = loss + reg
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         self.optimizer.step()
-        return loss.detach()
+        return loss.detach() if self._penalty is None else (loss.detach(), reg.detach())
 
     def end_training(self) -> None:
         self._eval()

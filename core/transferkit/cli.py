@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelDirError, TransferkitError
-from .runconfig import FIT_DEFAULTS, _existing_data_path, _labelled, run_config
+from .runconfig import FIT_SCHEMA, _existing_data_path, _labelled, run_config
 
 
 def _backbones(args: argparse.Namespace) -> int:
@@ -156,11 +156,7 @@ def _fit(args: argparse.Namespace) -> int:
                 f"cannot read run description {args.config!r} ({e}); pass the path of a TOML "
                 "file with --config"
             ) from None
-    flags = {
-        k: v
-        for k, v in vars(args).items()
-        if k in set(FIT_DEFAULTS) | {"backbone", "data", "val", "shots"} and v is not None
-    }
+    flags = {k: v for k, v in vars(args).items() if k in set(FIT_SCHEMA) and v is not None}
     if flags.get("hidden") == []:
         flags.pop("hidden")
     cfg.update(flags)
@@ -266,6 +262,14 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     f.add_argument("--weight-decay", dest="weight_decay", type=float)
     f.add_argument("--schedule", choices=["cosine", "constant"])
+    f.add_argument(
+        "--regularizer",
+        choices=["l2sp", "l2", "none"],
+        help="l2sp: pull the backbone toward its pretrained weights (see --alpha, --beta)",
+    )
+    f.add_argument("--alpha", type=float, help="l2sp: strength toward the starting weights")
+    f.add_argument("--beta", type=float, help="l2sp/l2: L2 strength on the head (l2: on all)")
+    f.add_argument("--anchor", help="l2sp: a .safetensors file to pull toward instead")
     f.add_argument("--seed", type=int)
     f.add_argument("--out", help="directory to save the fitted model (default runs/model)")
     f.set_defaults(func=_fit)

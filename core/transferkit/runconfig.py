@@ -30,6 +30,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "val_split": 0.0,
     "out": "runs/model",
     "freeze_options": {},
+    "regularizer": "none",
 }
 
 
@@ -87,6 +88,10 @@ FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, dict),
         "{n = 2}",
     ),
+    "regularizer": ('"l2sp", "l2" or "none"', _one_of("l2sp", "l2", "none"), '"l2sp"'),
+    "alpha": ("a number >= 0 (l2sp)", lambda v: _is_number(v) and v >= 0, "0.01"),
+    "beta": ("a number >= 0 (l2sp, l2)", lambda v: _is_number(v) and v >= 0, "0.01"),
+    "anchor": ("a .safetensors path (l2sp)", _is_text, '"pretrained.safetensors"'),
 }
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
@@ -174,6 +179,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"`transferkit fit` needs {key} (--{key} or `{key} = ...` in TOML)")
     # Everything that can be checked without data is checked before data is loaded.
     policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
+    regularizer = _regularizer(cfg)
     train, val = _load_data(cfg["data"], cfg.get("shots"), cfg["seed"])
     if cfg.get("val"):
         val = _labelled(load_data(_existing_data_path(cfg["val"], "val")), cfg["val"])
@@ -207,6 +213,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         weight_decay=cfg["weight_decay"],
         schedule=cfg["schedule"],
         seed=cfg["seed"],
+        regularizer=regularizer,
     )
     out = model.save(cfg["out"])
     history.to_csv(out / "history.csv")
@@ -214,3 +221,20 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if val is not None:
         result["val"] = model.evaluate(val)
     return result
+
+
+def _regularizer(cfg: dict[str, Any]) -> Any:
+    """``regularizer`` with its ``alpha``/``beta``/``anchor`` keys; those keys without a
+    regularizer that takes them are named rather than ignored."""
+    from . import regularizers
+
+    name = cfg["regularizer"]
+    given = {k: cfg[k] for k in ("alpha", "beta", "anchor") if cfg.get(k) is not None}
+    takes = {"l2sp": {"alpha", "beta", "anchor"}, "l2": {"beta"}, "none": set()}[name]
+    extra = sorted(set(given) - takes)
+    if extra:
+        raise ConfigError(
+            f"{', '.join(extra)} given, but regularizer = {name!r} takes "
+            f'{", ".join(sorted(takes)) or "none of them"}; set regularizer = "l2sp"'
+        )
+    return None if name == "none" else regularizers.from_name(name, **given)

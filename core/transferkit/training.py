@@ -256,13 +256,15 @@ class Trainer:
                         self.step, total_steps, self.lr, self.schedule, self.warmup_steps
                     )
                     out = engine.train_step(xb, y[idx], lr)
+                    batch_logs = {"lr": lr}
                     if self.penalty is not None:
-                        out, reg = out
-                        regs.append(reg)
+                        out, batch_logs["reg_loss"] = out
+                        regs.append(batch_logs["reg_loss"])
                     losses.append(out)
+                    batch_logs["loss"] = out
                     self.step += 1
                     for cb in after_batch:
-                        cb.on_batch_end(self, i, {"loss": losses[-1], "lr": lr})
+                        cb.on_batch_end(self, i, batch_logs)
                 loss = float(np.mean([float(v) for v in losses]))
                 if not math.isfinite(loss):
                     raise TrainingError(

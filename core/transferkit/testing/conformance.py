@@ -11,12 +11,12 @@ import pytest
 import transferkit as tk
 from transferkit import errors
 from transferkit import weights as wio
-from transferkit.plugins import registry
 
-from .subject import PARITY_FRAMEWORK, Subject, _files, _names_group, _reverse, _targets
+from .methods import MethodConformance
+from .subject import Subject, _files, _names_group, _reverse, _targets, reference_pair
 
 
-class AdapterConformance:
+class AdapterConformance(MethodConformance):
     """The conformance suite. Subclass it with a ``subject`` and pytest runs it.
 
     The class itself is not collected (``__test__ = False``); every subclass is, unless it
@@ -202,34 +202,8 @@ class AdapterConformance:
     def test_a_linear_probe_trains_identically_to_the_reference(self, subject, optimizer, tmp_path):
         # Same backbone weights, same head initialisation, the same optimizer semantics, the
         # scheduled learning rate passed per step: the frameworks agree step for step.
-        if not subject.reference:
-            pytest.skip("subject.reference is False: no reference architecture to compare with")
-        arch = subject.spec.arch
-        assert arch is not None, (
-            f"{subject.backbone!r} declares no reference architecture (spec.arch); "
-            "register it with transferkit.reference.reference_spec or set reference=False"
-        )
-        if subject.framework == PARITY_FRAMEWORK:
-            pytest.skip(f"subject.reference: {subject.backbone!r} is the reference itself")
-        reference = f"{PARITY_FRAMEWORK}:{arch}"
-        reg = registry()
-        if PARITY_FRAMEWORK not in reg.frameworks or reg.frameworks[PARITY_FRAMEWORK].missing():
-            pytest.skip(f"subject.reference: the reference {reference!r} is not installed")
         train, test = tk.datasets.digits_transfer(shots=5, seed=0)
-        head = tk.Classifier(5)
-        ref = tk.build(reference, head=head, weights=subject.weights, seed=3)
-        if subject.pretrained:
-            model = tk.build(subject.backbone, head=head, seed=3, **subject.options)
-        else:  # the reference's random backbone, through the canonical names
-            backbone = {k: v for k, v in ref.engine.get_weights().items() if k[:9] == "backbone."}
-            wio.save(backbone, tmp_path / "backbone.safetensors")
-            model = tk.build(
-                subject.backbone,
-                head=head,
-                weights=tmp_path / "backbone.safetensors",
-                seed=3,
-                **subject.options,
-            )
+        ref, model = reference_pair(subject, tk.Classifier(5), tmp_path)
         probs = []
         for m in (ref, model):
             tk.fit(

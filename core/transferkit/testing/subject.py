@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import transferkit as tk
+from transferkit import weights as wio
 from transferkit.catalog import BackboneSpec
 from transferkit.plugins import registry
 
@@ -192,3 +194,32 @@ def _files(directory: Path) -> dict[str, bytes]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
+
+
+def reference_pair(
+    subject: Subject, head: tk.Head, tmp_path: Path, seed: int = 3
+) -> tuple[tk.Model, tk.Model]:
+    """The PyTorch reference realisation of the subject's architecture and the subject,
+    with the same backbone weights and head initialisation; skips the calling test where
+    there is no reference to compare with."""
+    if not subject.reference:
+        pytest.skip("subject.reference is False: no reference architecture to compare with")
+    arch = subject.spec.arch
+    assert arch is not None, (
+        f"{subject.backbone!r} declares no reference architecture (spec.arch); "
+        "register it with transferkit.reference.reference_spec or set reference=False"
+    )
+    if subject.framework == PARITY_FRAMEWORK:
+        pytest.skip(f"subject.reference: {subject.backbone!r} is the reference itself")
+    reference = f"{PARITY_FRAMEWORK}:{arch}"
+    reg = registry()
+    if PARITY_FRAMEWORK not in reg.frameworks or reg.frameworks[PARITY_FRAMEWORK].missing():
+        pytest.skip(f"subject.reference: the reference {reference!r} is not installed")
+    ref = tk.build(reference, head=head, weights=subject.weights, seed=seed)
+    if subject.pretrained:
+        return ref, tk.build(subject.backbone, head=head, seed=seed, **subject.options)
+    # the reference's random backbone, through the canonical names
+    backbone = {k: v for k, v in ref.get_weights().items() if k.startswith("backbone.")}
+    wio.save(backbone, tmp_path / "backbone.safetensors")
+    weights = tmp_path / "backbone.safetensors"
+    return ref, tk.build(subject.backbone, head=head, weights=weights, seed=seed, **subject.options)

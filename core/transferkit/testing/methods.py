@@ -1,0 +1,113 @@
+"""Conformance tests of the fine-tuning methods (regularisers) every engine realises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import transferkit as tk
+from transferkit import weights as wio
+
+from .subject import Subject, reference_pair
+
+STATISTICS = tk.regularizers.STATISTICS
+
+
+class MethodConformance:
+    """Mixed into :class:`~transferkit.testing.AdapterConformance`; not collected alone."""
+
+    __test__ = False
+
+    def test_the_penalty_is_in_the_loss_and_logged(self, subject: Subject, examples: Any):
+        x, y = examples
+        model = subject.build(tk.Classifier(3), weights=None)
+        start = model.get_weights()
+        reg = tk.regularizers.L2SP(alpha=0.3, beta=0.7)
+        seen = []
+
+        class Batches(tk.Callback):
+            def on_batch_end(self, trainer, batch, logs):
+                seen.append((float(logs["loss"]), float(logs["reg_loss"])))
+
+        h = tk.fit(
+            model, tk.Dataset(x, y), epochs=2, batch_size=8, lr=1e-2, seed=0, verbose=0,
+            freeze=subject.policy(), regularizer=reg, callbacks=[Batches()],
+        )  # fmt: skip
+        # at the first step the backbone sits on its anchor: only the head's term is left
+        head = sum(float(np.sum(np.square(v))) for k, v in start.items() if k.startswith("head."))
+        assert seen[0][1] == pytest.approx(0.7 / 2 * head, rel=1e-5)
+        assert len(seen) == 6 and all(r > 0 for _, r in seen)
+        per_epoch = [np.mean(seen[i : i + 3], axis=0) for i in (0, 3)]
+        assert h["loss"] == pytest.approx([e[0] for e in per_epoch], rel=1e-5)
+        assert h["reg_loss"] == pytest.approx([e[1] for e in per_epoch], rel=1e-5)
+
+    def test_l2sp_pulls_the_backbone_toward_its_start(self, subject: Subject, examples: Any):
+        if not subject.trains_backbone:
+            pytest.skip("subject.trains_backbone is False: no backbone weights move")
+        x, y = examples
+        moved = []
+        for alpha in (0.0, 50.0):
+            model = subject.build(tk.Classifier(3), weights=None)
+            start = model.get_weights()
+            tk.fit(
+                model, tk.Dataset(x, y), epochs=3, batch_size=8, lr=1e-2, seed=0, verbose=0,
+                optimizer="sgd", regularizer=tk.regularizers.L2SP(alpha=alpha, beta=0.0),
+            )  # fmt: skip
+            end = model.get_weights()
+            moved.append(
+                sum(
+                    float(np.sum(np.square(end[k] - start[k])))
+                    for k in start
+                    if k.startswith("backbone.") and not k.endswith(STATISTICS)
+                )
+            )
+        assert 0 < moved[1] < 0.5 * moved[0]
+
+    def test_l2sp_trains_identically_to_the_reference(self, subject: Subject, tmp_path):
+        rng = np.random.default_rng(0)
+        x = subject.inputs(16, seed=1)
+        y = rng.permutation(np.arange(16) % 5)
+        ref, model = reference_pair(subject, tk.Classifier(5), tmp_path)
+        weights = []
+        for m in (ref, model):
+            tk.fit(
+                m, tk.Dataset(x, y), epochs=2, batch_size=8, lr=5e-2, seed=2, verbose=0,
+                optimizer="sgd", schedule="constant", freeze=subject.policy(),
+                regularizer=tk.regularizers.L2SP(alpha=0.5, beta=0.1),
+            )  # fmt: skip
+            weights.append(m.get_weights())
+        a, b = weights
+        for k in a:
+            if not k.endswith(".running_var"):  # a BatchNorm convention of its own
+                np.testing.assert_allclose(b[k], a[k], atol=2e-6, err_msg=k)
+
+    def test_a_resumed_run_pulls_toward_the_same_anchor(self, subject: Subject, examples, tmp_path):
+        x, y = examples
+        data = tk.Dataset(x, y)
+        anchor = tmp_path / "anchor.safetensors"
+        far = subject.build(tk.Classifier(3), weights=None, seed=11)
+        wio.save(far.get_weights(), anchor)  # another point than where the model starts
+        opts = dict(
+            epochs=3, batch_size=8, lr=1e-2, seed=5, verbose=0, freeze=subject.policy(),
+            regularizer=tk.regularizers.L2SP(alpha=1.0, beta=0.1, anchor=anchor),
+        )  # fmt: skip
+
+        def fresh():
+            return subject.build(tk.Classifier(3), weights=None, seed=7)
+
+        straight = fresh()
+        tk.fit(straight, data, **opts)
+
+        class Interrupt(tk.Callback):
+            def on_epoch_end(self, trainer, epoch, logs):
+                trainer.stop = epoch == 0
+
+        first = fresh()
+        tk.fit(first, data, callbacks=[Interrupt()], checkpoint_dir=tmp_path / "ckpt", **opts)
+        resumed = fresh()
+        tk.fit(resumed, data, resume_from=tmp_path / "ckpt", **opts)
+        a, b = straight.get_weights(), resumed.get_weights()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)

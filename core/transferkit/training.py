@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, validate
+from . import metrics, probe, validate
 from . import weights as wio
 from .callbacks import (
     Callback,
@@ -37,6 +37,7 @@ from .model import Model
 from .regularizers import Penalty, Regularizer
 
 SCHEDULES = ("constant", "cosine")
+DEFAULT_EPOCHS, DEFAULT_LR = 10, 1e-3
 
 __all__ = ["Callback", "EarlyStopping", "History", "TrainState", "Trainer", "fit"]
 
@@ -58,8 +59,8 @@ class Trainer:
         self,
         model: Model,
         freeze: FreezePolicy | None = None,
-        epochs: int = 10,
-        lr: float = 1e-3,
+        epochs: int | None = None,
+        lr: float | None = None,
         batch_size: int = 32,
         optimizer: str = "adam",
         weight_decay: float = 0.0,
@@ -79,9 +80,11 @@ class Trainer:
             raise ConfigError(
                 f"fit() needs a model from tk.build or tk.load, got {type(model).__name__}"
             )
-        epochs = validate.integer("epochs", epochs, 1, 1_000_000)
+        # Neither given and a frozen backbone: the head is solved to its optimum (probe.py)
+        self.solve_head = epochs is None and lr is None
+        epochs = validate.integer("epochs", DEFAULT_EPOCHS if epochs is None else epochs, 1)
         batch_size = validate.integer("batch_size", batch_size, 1, 1 << 20)
-        lr = validate.number("lr", lr, 0.0, exclusive_minimum=True)
+        lr = validate.number("lr", DEFAULT_LR if lr is None else lr, 0.0, exclusive_minimum=True)
         weight_decay = validate.number("weight_decay", weight_decay, 0.0)
         momentum = validate.number("momentum", momentum, 0.0, 1.0)
         warmup_steps = validate.integer("warmup_steps", warmup_steps, 0)
@@ -231,6 +234,8 @@ class Trainer:
             after_batch = [c for c in after_batch if not isinstance(c, ProgressLogger)]
         for cb in callbacks:
             cb.on_train_begin(self)
+        if cached and self.solve_head and st is None and self.policy.peft is None:
+            return self._solve(inputs, y, val_inputs, yv, callbacks)
         plan: dict[str, float] | None = None
         self.stop = False
         try:
@@ -280,24 +285,56 @@ class Trainer:
                 if regs:
                     logs["reg_loss"] = float(np.mean([float(v) for v in regs]))
                 if val_inputs is not None:
-                    outs = np.concatenate(
-                        [
-                            np.asarray(predict_val(self._slice(val_inputs, i, cached)))
-                            for i in range(0, len(yv), 128)
-                        ]
-                    )
-                    logs.update(
-                        {
-                            f"val_{k}": v
-                            for k, v in metrics.compute(model.head.task, outs, yv).items()
-                        }
-                    )
+                    logs.update(self._validate(val_inputs, yv, predict_val, cached))
                 logs["time"] = time.perf_counter() - t0
                 self.epoch += 1
                 for cb in callbacks:
                     cb.on_epoch_end(self, self.epoch - 1, logs)
         finally:
             engine.end_training()
+        for cb in callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _validate(self, inputs: Any, y: np.ndarray, predict: Any, cached: bool) -> dict:
+        outs = np.concatenate(
+            [np.asarray(predict(self._slice(inputs, i, cached))) for i in range(0, len(y), 128)]
+        )
+        return {f"val_{k}": v for k, v in metrics.compute(self.model.head.task, outs, y).items()}
+
+    def _solve(
+        self, f: np.ndarray, y: np.ndarray, fv: Any, yv: Any, callbacks: list[Callback]
+    ) -> History:
+        """The frozen-backbone fit with neither ``lr`` nor ``epochs`` given: the head's
+        objective solved to its optimum on the cached features (see ``probe.py``)."""
+        model = self.model
+        start = {k: v for k, v in model.get_weights().items() if k.startswith("head.")}
+        if self.penalty is not None:
+            coefficients = {k: c for k, c in self.penalty.coefficients.items() if k in start}
+        elif self.optimizer.weight_decay:
+            coefficients = dict.fromkeys(start, self.optimizer.weight_decay)
+        else:
+            coefficients = None  # scikit-learn's default
+        for cb in callbacks:
+            cb.on_epoch_begin(self, 0)
+        t0 = time.perf_counter()
+        solution = probe.solve(model.head, f, y, start, coefficients)
+        model.set_weights(solution.weights)
+        logs: dict[str, Any] = {
+            "epoch": 1,
+            "loss": solution.loss,
+            "solver": "lbfgs",
+            "iterations": solution.iterations,
+            "trainable_groups": 0,
+        }
+        if self.penalty is not None:
+            logs["reg_loss"] = solution.penalty
+        if fv is not None:
+            logs.update(self._validate(fv, yv, model.engine.head_predict, True))
+        logs["time"] = time.perf_counter() - t0
+        self.epoch = self.epochs = 1
+        for cb in callbacks:
+            cb.on_epoch_end(self, 0, logs)
         for cb in callbacks:
             cb.on_train_end(self)
         return self.history

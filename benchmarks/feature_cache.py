@@ -30,9 +30,8 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 import transferkit as tk
+from transferkit.bench.stats import median
 
 CASES = {
     "cnn": ("torch:cnn", lambda: tk.datasets.digits_transfer(shots=None, seed=0), 32),
@@ -75,7 +74,7 @@ def run_case(name: str, epochs: int, repeats: int) -> dict:
             seconds, accuracy[cache] = one(cache)
             times[cache].append(seconds)
             print(f"  {name}: cache={'on ' if cache else 'off'} {seconds:7.2f}s", flush=True)
-    on, off = float(np.median(times[True])), float(np.median(times[False]))
+    on, off = median(times[True]), median(times[False])
     return {
         "backbone": backbone,
         "train_examples": len(train),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.bench.stats import quartiles
+
 
 def hand_written(x: np.ndarray, y: np.ndarray, weights: dict, batch: int):
     """What a JAX user writes: an nnx model split once, a jitted step, optax.adam."""
@@ -41,7 +43,7 @@ def hand_written(x: np.ndarray, y: np.ndarray, weights: dict, batch: int):
     model.train()
     graph, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     # Start from the transferkit model's weights (canonical -> flax layout).
-    from transferkit_flax.engine import from_canonical
+    from transferkit.layout import kernel_from_canonical
 
     for state in (params, stats):
         for path, var in nnx.to_flat_state(state):
@@ -58,7 +60,8 @@ def hand_written(x: np.ndarray, y: np.ndarray, weights: dict, batch: int):
                 }[leaf]
             )
             name = name.replace("head.", "head.out.")
-            var.set_value(jnp.asarray(from_canonical(weights[name], leaf)))
+            value = weights[name]
+            var.set_value(jnp.asarray(kernel_from_canonical(value) if leaf == "kernel" else value))
     tx = optax.adam(1e-3)
     opt = tx.init(params)
 
@@ -129,8 +132,8 @@ def main() -> None:
             times[name].append((time.perf_counter() - t0) * 1e3)
 
     def stats(v):
-        q1, med, q3 = np.percentile(v, [25, 50, 75])
-        return {"median_ms": med, "iqr_ms": q3 - q1}
+        q = quartiles(v)
+        return {"median_ms": q["median"], "iqr_ms": q["iqr"]}
 
     result = {
         "benchmark": "flax_step_overhead",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.bench.stats import quartiles
+
 
 def _block(value) -> None:
     float(value)  # waits for the step (torch returns a tensor, jax a lazy array)
@@ -80,15 +82,16 @@ def main() -> None:
     print(f"{args.arch}, batch {args.batch}, {args.size}x{args.size}x3, Adam, {steps} steps")
     print(f"{'framework':10}{'median ms':>11}{'IQR':>8}{'first step s':>14}{'samples/s':>11}")
     for fw, v in times.items():
-        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        q = quartiles(v)
+        med = q["median"]
         result["frameworks"][fw] = {
             "median_ms": med,
-            "iqr_ms": q3 - q1,
+            "iqr_ms": q["iqr"],
             "first_step_s": compile_s[fw],
             "samples_per_s": args.batch / med * 1e3,
         }
         print(
-            f"{fw:10}{med:>11.1f}{q3 - q1:>8.1f}{compile_s[fw]:>14.2f}"
+            f"{fw:10}{med:>11.1f}{q['iqr']:>8.1f}{compile_s[fw]:>14.2f}"
             f"{args.batch / med * 1e3:>11.0f}"
         )
     out = Path(__file__).parent / "results" / f"framework_step_{args.arch}.json"

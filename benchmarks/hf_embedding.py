@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import transferkit as tk
+from transferkit.bench.stats import median, pair_ratio, ratio_of_medians
 
 
 def main() -> None:
@@ -83,9 +84,9 @@ def main() -> None:
             f"direct {len(texts) / times['direct'][-1]:.1f} texts/s",
             flush=True,
         )
-    rate = {k: len(texts) / float(np.median(v)) for k, v in times.items()}
-    ratio = float(np.median(times["transferkit"]) / np.median(times["direct"]))
-    pair_ratios = np.asarray(times["transferkit"]) / np.asarray(times["direct"])
+    rate = {k: len(texts) / median(v) for k, v in times.items()}
+    ratio = ratio_of_medians(times["transferkit"], times["direct"])
+    pairs = pair_ratio(times["transferkit"], times["direct"])
     result = {
         "benchmark": "hf_embedding",
         "command": f"python benchmarks/hf_embedding.py --texts {args.texts} --batch {args.batch} "
@@ -98,7 +99,7 @@ def main() -> None:
         "seconds": times,
         "texts_per_s": rate,
         "time_ratio_transferkit_over_direct": ratio,
-        "pair_ratio_min_max": [float(pair_ratios.min()), float(pair_ratios.max())],
+        "pair_ratio_min_max": [pairs["min"], pairs["max"]],
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -108,7 +109,7 @@ def main() -> None:
     }
     print(
         f"\ntransferkit {rate['transferkit']:.1f} texts/s, direct {rate['direct']:.1f} texts/s; "
-        f"time ratio {ratio:.3f} (pairs {pair_ratios.min():.3f}-{pair_ratios.max():.3f}); "
+        f"time ratio {ratio:.3f} (pairs {pairs['min']:.3f}-{pairs['max']:.3f}); "
         f"features max abs diff {max_diff:.1e}"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

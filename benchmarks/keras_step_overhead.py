@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.bench.stats import median, quartiles
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def _stats(v: list[float]) -> dict[str, float]:
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return {"median_ms": float(med), "iqr_ms": float(q3 - q1)}
+    q = quartiles(v)
+    return {"median_ms": q["median"], "iqr_ms": q["iqr"]}
 
 
 def overhead(chunks: int, chunk: int, batch: int) -> dict:
@@ -109,7 +111,7 @@ def resnet18(steps: int, batch: int) -> dict:
         t0 = time.perf_counter()
         float(engine.train_step(x[b], y[b], 1e-3))
         times.append((time.perf_counter() - t0) * 1e3)
-    return {**_stats(times), "first_step_s": first, "samples_per_s": batch / np.median(times) * 1e3}
+    return {**_stats(times), "first_step_s": first, "samples_per_s": batch / median(times) * 1e3}
 
 
 def child(args: argparse.Namespace) -> None:

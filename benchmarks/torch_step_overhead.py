@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.bench.stats import pair_ratio, quartiles, ratio_of_medians
+
 BATCH = 64
 LR = 1e-3
 
@@ -74,21 +76,16 @@ def hand_written(x: np.ndarray, y: np.ndarray, state: dict):
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return {"median": float(med), "iqr": float(q3 - q1), "q1": float(q1), "q3": float(q3)}
+    q = quartiles(values)
+    return {k: q[k] for k in ("median", "iqr", "q1", "q3")}
 
 
 def paired(tk_times: list[float], hand_times: list[float]) -> dict[str, float]:
     """Ratio of medians, and the quartiles of the per-pair ratios (its spread)."""
-    r = np.asarray(tk_times) / np.asarray(hand_times)
-    q1, med, q3 = np.percentile(r, [25, 50, 75])
+    pairs = pair_ratio(tk_times, hand_times)
     return {
-        "ratio_of_medians": float(np.median(tk_times) / np.median(hand_times)),
-        "pair_ratio_median": float(med),
-        "pair_ratio_q1": float(q1),
-        "pair_ratio_q3": float(q3),
-        "pair_ratio_min": float(r.min()),
-        "pair_ratio_max": float(r.max()),
+        "ratio_of_medians": ratio_of_medians(tk_times, hand_times),
+        **{f"pair_ratio_{k}": v for k, v in pairs.items()},
     }
 
 

@@ -99,10 +99,9 @@ DEVICE = BuildOption(
 
 @dataclass(frozen=True)
 class Baseline:
-    """A native training loop that ``transferkit bench`` times transferkit's engine step
-    against: what a user of the framework writes for the same model, weights and batches.
-    Declared by a framework (:attr:`Framework.baselines`) as cheap metadata; the factory
-    is imported only in the benchmark's case process.
+    """A native loop that ``transferkit bench`` times the engine step against: what a user
+    of the framework writes for the same model, weights and batches. Declared by a
+    framework (:attr:`Framework.baselines`); the factory is imported in the case process.
 
     ``factory``: ``"module:attr"`` of a callable ``(model, x, y, lr, twin) -> runner``.
     ``model`` is the built :class:`~transferkit.Model` (use ``model.native`` and the
@@ -377,13 +376,11 @@ class Framework(ABC):
     baselines: tuple[Baseline, ...] = ()
     #: distributions whose versions a benchmark report names (default: ``requires``)
     libraries: tuple[str, ...] = ()
-    #: environment defaults for a fresh process that runs this framework (quieter logs,
-    #: a GPU shared politely); the user's own settings win
+    #: environment defaults of a fresh process that runs it (the user's settings win)
     process_env: tuple[tuple[str, str], ...] = ()
 
     def variants(self) -> tuple[Variant, ...]:
-        """The per-process variants of this framework (Keras's backends); a benchmark
-        suite names one as ``framework[variant]``. None by default."""
+        """Its per-process variants (Keras's backends): ``framework[variant]``."""
         return ()
 
     def device_name(self, model: Any) -> str:

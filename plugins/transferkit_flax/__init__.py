@@ -7,7 +7,7 @@ as metadata; jax and flax are imported when a model is built.
 from __future__ import annotations
 
 from transferkit import hookimpl
-from transferkit.framework import BuildOption, Framework
+from transferkit.framework import Baseline, BuildOption, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
 
@@ -28,6 +28,19 @@ class FlaxFramework(Framework):
     options = (
         BuildOption("data_parallel", (bool,), False, "shard batches over all local devices"),
     )
+    baselines = (Baseline("jit", "transferkit_flax.baselines:Jit"),)
+    libraries = ("jax", "jaxlib", "flax", "optax")
+    process_env = (("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),)  # share a GPU politely
+
+    def device_name(self, model):
+        from .baselines import device_name
+
+        return device_name(model)
+
+    def count_macs(self, model):
+        from .baselines import count_macs
+
+        return count_macs(model)
 
     def build(self, spec, head, input_shape, seed=0, **options):
         from .engine import build_engine

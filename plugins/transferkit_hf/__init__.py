@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transferkit import BackboneSpec, WeightSource, hookimpl
 from transferkit.errors import ConfigError
-from transferkit.framework import BuildOption, Framework
+from transferkit.framework import Baseline, BuildOption, Framework
 
 #: model types whose encoder layers live under ``transformer.layer`` instead of
 #: ``encoder.layer``
@@ -71,6 +71,17 @@ class HFFramework(Framework):
     )
     requires = ("transformers", "torch")
     description = "Hugging Face Transformers encoders (PyTorch)"
+    baselines = (Baseline("eager", "transferkit_hf.baselines:Eager"),)
+
+    def device_name(self, model):
+        from .baselines import device_name
+
+        return device_name(model)
+
+    def count_macs(self, model):
+        from .baselines import count_macs
+
+        return count_macs(model)
 
     def resolve(self, name: str, assets: Path | None = None) -> BackboneSpec | None:
         from .encoder import not_found

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from transferkit import hookimpl
-from transferkit.framework import BuildOption, Framework
+from transferkit.framework import Baseline, BuildOption, Framework, Variant
 from transferkit.reference import REFERENCE, reference_spec
 
 from .applications import APPLICATIONS, application_spec, specialise
@@ -53,6 +53,25 @@ class KerasFramework(Framework):
     extra = "keras"
     requires = ("keras",)
     description = "Keras 3 (tensorflow, jax or torch backend), compiled Keras steps"
+    baselines = (Baseline("fit", "transferkit_keras.baselines:Fit"),)
+    libraries = ("keras", "tensorflow", "tensorflow-cpu")
+    process_env = (("TF_CPP_MIN_LOG_LEVEL", "2"), ("XLA_PYTHON_CLIENT_PREALLOCATE", "false"))
+
+    def variants(self):
+        """Keras's backends, one per process: ``keras[jax]`` sets ``KERAS_BACKEND=jax``."""
+        return tuple(
+            Variant(b, (module,), (("KERAS_BACKEND", b),)) for b, module in _BACKEND_MODULE.items()
+        )
+
+    def device_name(self, model):
+        from .baselines import device_name
+
+        return device_name(model)
+
+    def count_macs(self, model):
+        from .baselines import count_macs
+
+        return count_macs(model)
 
     def missing(self) -> list[str]:
         missing = super().missing()

@@ -7,7 +7,7 @@ registered as metadata; torch is imported when a model is built.
 from __future__ import annotations
 
 from transferkit import hookimpl
-from transferkit.framework import Framework
+from transferkit.framework import Baseline, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
 
@@ -19,6 +19,20 @@ class TorchFramework(Framework):
     extra = "torch"
     requires = ("torch",)
     description = "PyTorch, eager"
+    baselines = (
+        Baseline("eager", "transferkit_torch.baselines:Eager"),
+        Baseline("compile", "transferkit_torch.baselines:Compiled", isolated=True),
+    )
+
+    def device_name(self, model):
+        from .baselines import device_name
+
+        return device_name(model)
+
+    def count_macs(self, model):
+        from .baselines import count_macs
+
+        return count_macs(model)
 
     def build(self, spec, head, input_shape, seed=0, **options):
         from .engine import build_engine

@@ -1,24 +1,25 @@
-"""Native Keras 3 baseline: ``model.compile`` + ``model.fit``, as a Keras user writes it.
+"""What ``transferkit bench`` needs from Keras 3: the native baseline, device names, MACs.
 
-The Keras model is a second build of the same backbone + head with the same weights
-(``twin()``), so transferkit's engine and Keras's own ``fit`` loop never share an
-optimizer. Each round is one ``fit(epochs=1)`` call over ``steps_per_round`` batches.
-A callback times fit's steady-state step inside the call: a real ``fit(epochs=N)``
-pays its per-call set-up (data adapter, callbacks, iterator) once, so spreading it over
-a few steps would flatter transferkit. The call's whole wall time is reported as well.
-The backend is whatever ``KERAS_BACKEND`` says (the suite's ``keras[backend]``).
+The baseline is ``model.compile`` + ``model.fit`` as a Keras user writes it, on a second
+build of the same backbone + head with the same weights (``twin()``), so transferkit's
+engine and Keras's own ``fit`` loop never share an optimizer. Each round is one
+``fit(epochs=1)`` call over ``steps_per_round`` batches. A callback times fit's
+steady-state step inside the call: a real ``fit(epochs=N)`` pays its per-call set-up
+(data adapter, callbacks, iterator) once, so spreading it over a few steps would flatter
+transferkit. The call's whole wall time is reported as well. The backend is whatever
+``KERAS_BACKEND`` says (the suite's ``keras[backend]`` variant).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
+import keras
 import numpy as np
 
 
-def device(model) -> str:
-    import keras
-
+def device_name(model) -> str:
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -43,8 +44,6 @@ class Fit:
     steps_per_round = 9
 
     def __init__(self, model, x, y, lr: float, twin=None) -> None:
-        import keras
-
         self.net = twin().native if twin is not None else model.native
         self.net.compile(
             optimizer=keras.optimizers.Adam(learning_rate=lr),
@@ -78,4 +77,27 @@ class Fit:
         return (self.ends[-1] - self.ends[0]) * 1e3 / (len(self.ends) - 1)
 
 
-BASELINES = {"fit": Fit}
+def _layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
+def count_macs(model) -> int | None:
+    """MACs of one example through backbone and head: for every layer with a kernel
+    (convolutions, depthwise convolutions, dense layers), the kernel's size times the
+    number of output positions. ``None`` where a layer's output shape is unknown (a
+    subclassed model)."""
+    total = 0
+    for layer in _layers(model.native):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        try:
+            positions = math.prod(layer.output.shape[1:-1])  # None: a variable size
+        except (AttributeError, ValueError, TypeError):
+            return None
+        total += positions * math.prod(kernel.shape)
+    return total

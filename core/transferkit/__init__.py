@@ -23,6 +23,7 @@ from .framework import Engine, Framework, OptimizerSpec
 from .freeze import FreezePolicy
 from .heads import Classifier, Head, Regressor
 from .hookspecs import hookimpl
+from .interpolation import interpolate
 from .model import Backbone, Model
 from .plugins import list_plugins, register
 from .saving import load
@@ -62,6 +63,7 @@ __all__ = [
     "fit",
     "freeze",
     "hookimpl",
+    "interpolate",
     "list_backbones",
     "list_plugins",
     "load",

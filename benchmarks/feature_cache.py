@@ -44,7 +44,7 @@ CASES = {
 def run_case(name: str, epochs: int, repeats: int) -> dict:
     import warnings
 
-    warnings.filterwarnings("ignore", message="some texts are longer than max_length")
+    warnings.filterwarnings("ignore", category=tk.errors.TruncationWarning)
     backbone, data, batch = CASES[name]
     train, test = data()
     classes = train.num_classes

@@ -70,7 +70,7 @@ def main() -> None:
 
     import warnings
 
-    warnings.filterwarnings("ignore", message="some texts are longer")
+    warnings.filterwarnings("ignore", category=tk.errors.TruncationWarning)
     max_diff = float(np.abs(ours() - direct()).max())  # also the warm-up of both
     times: dict[str, list[float]] = {"transferkit": [], "direct": []}
     for i in range(args.repeats):

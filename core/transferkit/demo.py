@@ -24,10 +24,13 @@ import numpy as np
 from . import datasets
 from .builder import build
 from .data import Dataset
+from .errors import TruncationWarning
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune, LoRA
 from .heads import Classifier
+from .interpolation import interpolate
 from .model import Model
 from .plugins import registry
+from .regularizers import L2SP, Regularizer
 from .training import fit
 
 TASKS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
@@ -42,23 +45,48 @@ class Method:
     backbone: str | None  # short name; None for the pixel baseline
     weights: str | None = "pretrained"
     freeze: FreezePolicy | None = None
-    epochs: int = 30
-    lr: float = 1e-3
+    epochs: int | None = 30
+    lr: float | None = 1e-3
     input_shape: tuple[int, int, int] | None = None
+    regularizer: Regularizer | None = None
+    #: interpolate the fine-tuned backbone back toward the pretrained one (WiSE-FT)
+    interpolate: float | None = None
 
+
+#: L2-SP as its paper sets it for few-label fine-tuning (alpha 0.01 toward the start,
+#: beta 0.01 on the head); benchmarks/l2sp_sweep.py measures other strengths
+L2SP_DEMO = L2SP(alpha=0.01, beta=0.01)
+LITE0_64 = (64, 64, 3)
 
 METHODS = (
     Method("pixels + logistic regression", None),
     Method("cnn from scratch", "cnn", weights=None, freeze=FullFineTune()),
-    # Frozen-backbone runs train the head on cached features: many epochs cost little.
-    Method("cnn (digits 0-4) features", "cnn", freeze=FeatureExtraction(), epochs=100),
+    # Frozen backbones: the head is solved to its optimum on cached features (the
+    # default when neither epochs nor lr is given).
+    Method("cnn (digits 0-4) features", "cnn", freeze=FeatureExtraction(), epochs=None, lr=None),
     Method("cnn (digits 0-4) fine-tuned", "cnn", freeze=FullFineTune()),
+    Method("cnn (digits 0-4) fine-tuned + L2-SP", "cnn", regularizer=L2SP_DEMO),
+    Method("cnn (digits 0-4) fine-tuned, interpolated 0.5", "cnn", interpolate=0.5),
     Method(
         "efficientnet_lite0 (ImageNet) features",
         "efficientnet_lite0",
         freeze=FeatureExtraction(),
-        epochs=100,
-        input_shape=(64, 64, 3),
+        epochs=None,
+        lr=None,
+        input_shape=LITE0_64,
+    ),
+    Method("efficientnet_lite0 (ImageNet) fine-tuned", "efficientnet_lite0", input_shape=LITE0_64),
+    Method(
+        "efficientnet_lite0 (ImageNet) fine-tuned + L2-SP",
+        "efficientnet_lite0",
+        input_shape=LITE0_64,
+        regularizer=L2SP_DEMO,
+    ),
+    Method(
+        "efficientnet_lite0 (ImageNet) fine-tuned, interpolated 0.5",
+        "efficientnet_lite0",
+        input_shape=LITE0_64,
+        interpolate=0.5,
     ),
 )
 
@@ -98,7 +126,11 @@ def _network(method: Method, framework: str, train: Dataset, test: Dataset, seed
         batch_size=16,
         seed=seed,
         verbose=0,
+        regularizer=method.regularizer,
     )
+    if method.interpolate is not None:  # back toward the backbone it started from
+        start = build(model.spec.name, model.head, method.weights, method.input_shape, seed=seed)
+        model = interpolate(start, model, method.interpolate)
     return model.evaluate(test)["accuracy"]
 
 
@@ -196,7 +228,7 @@ def run_text(
     MiniLM fine-tuned with LoRA from the probe's head. Writes ``demo-text.{md,json,png}``.
     Articles are truncated to 256 tokens (128 for LoRA), without a warning each time."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="some texts are longer than max_length")
+        warnings.filterwarnings("ignore", category=TruncationWarning)
         return _run_text(quick, shots, seeds, out, stream or sys.stdout)
 
 

@@ -78,6 +78,11 @@ class TrainingError(TransferkitError):
     """Training that cannot go on (for example a loss that became NaN)."""
 
 
+class TruncationWarning(UserWarning):
+    """Inputs were cut to the model's length (texts longer than ``max_length`` tokens):
+    filter this category to silence it, not the message text."""
+
+
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the first caller outside transferkit and its
     plugins, so the warning points at the user's line, not at library internals."""

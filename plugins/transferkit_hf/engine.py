@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from transferkit import BackboneSpec, Head
-from transferkit.errors import warn
+from transferkit.errors import TruncationWarning, warn
 from transferkit_torch.engine import TorchEngine
 
 from .encoder import HFEncoder
@@ -43,7 +43,8 @@ class HFEngine(TorchEngine):
         if not self._warned and any(e.overflowing for e in (enc.encodings or [])):
             warn(
                 f"some texts are longer than max_length={self.max_length} tokens and were "
-                "truncated (shown once); build with input_shape=(N,) to change the limit"
+                "truncated (shown once); build with input_shape=(N,) to change the limit",
+                TruncationWarning,
             )
             self._warned = True
         return {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}

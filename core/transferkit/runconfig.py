@@ -19,8 +19,8 @@ FIT_DEFAULTS: dict[str, Any] = {
     "hidden": [],
     "dropout": 0.0,
     "freeze": "full",
-    "epochs": 10,
-    "lr": 1e-3,
+    "epochs": None,  # None: tk.fit's defaults (a frozen backbone's head is solved)
+    "lr": None,
     "batch_size": 32,
     "optimizer": "adam",
     "weight_decay": 0.0,

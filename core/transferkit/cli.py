@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="make the shipped pretrained cnn/mlp weights")
     pt.add_argument("arch", nargs="?", default="all", choices=["all", "cnn", "mlp"])
-    pt.add_argument("--framework", default="torch")
+    pt.add_argument("--framework", help="default: the one whose layouts are canonical")
     pt.add_argument("--out", help="output file (default: the file shipped in the package)")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=_pretrain)

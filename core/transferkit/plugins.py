@@ -277,6 +277,10 @@ class Registry:
         return info
 
     # --- queries -----------------------------------------------------------------
+    def reference_framework(self) -> str | None:
+        """The registered framework whose layouts are canonical (``Framework.reference``)."""
+        return next((n for n, fw in sorted(self.frameworks.items()) if fw.reference), None)
+
     def framework(self, name: str) -> Framework:
         try:
             return self.frameworks[name]

@@ -8,7 +8,9 @@ from pathlib import Path
 from . import weights as wio
 from .builder import build
 from .datasets import digits_source
+from .errors import ConfigError
 from .heads import Classifier
+from .plugins import registry
 from .pretrained import HERE
 from .training import fit
 
@@ -20,17 +22,21 @@ RECIPES = {
 
 def pretrain(
     arch: str,
-    framework: str = "torch",
+    framework: str | None = None,
     out: str | Path | None = None,
     seed: int = 0,
     verbose: int | str = "auto",
 ) -> tuple[Path, dict[str, float]]:
-    """Train ``framework:arch`` on digits 0-4 and write its backbone weights.
+    """Train ``framework:arch`` on digits 0-4 and write its backbone weights (default:
+    in the framework whose layouts are canonical, which made the shipped files).
 
     Returns the file written (default: the shipped file) and the held-out metrics.
     """
     if arch not in RECIPES:
         raise ValueError(f"no pretraining recipe for {arch!r}; choose from {sorted(RECIPES)}")
+    framework = framework or registry().reference_framework()
+    if framework is None:
+        raise ConfigError("no framework with the reference layouts is installed; pass one")
     source = digits_source()
     train, held_out = source.split(0.2, seed=seed)
     model = build(f"{framework}:{arch}", head=Classifier(5), weights=None, seed=seed)

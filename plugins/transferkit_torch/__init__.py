@@ -19,6 +19,7 @@ class TorchFramework(Framework):
     extra = "torch"
     requires = ("torch",)
     description = "PyTorch, eager"
+    reference = True  # canonical names and layouts are PyTorch's
     baselines = (
         Baseline("eager", "transferkit_torch.baselines:Eager"),
         Baseline("compile", "transferkit_torch.baselines:Compiled", isolated=True),

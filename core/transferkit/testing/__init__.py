@@ -73,6 +73,6 @@ A third-party *backbone* for an existing framework (``torch:mynet``) runs the su
 from __future__ import annotations
 
 from .conformance import AdapterConformance
-from .subject import PARITY_FRAMEWORK, SENTENCES, Subject
+from .subject import SENTENCES, Subject, parity_framework
 
-__all__ = ["AdapterConformance", "Subject", "PARITY_FRAMEWORK", "SENTENCES"]
+__all__ = ["AdapterConformance", "Subject", "SENTENCES", "parity_framework"]

@@ -18,9 +18,12 @@ from transferkit import weights as wio
 from transferkit.catalog import BackboneSpec
 from transferkit.plugins import registry
 
-#: The framework whose realisations of the reference architectures the parity test
-#: compares against: canonical names and layouts are its own (see ``reference.py``).
-PARITY_FRAMEWORK = "torch"
+
+def parity_framework() -> str | None:
+    """The framework whose realisations of the reference architectures the parity tests
+    compare against: canonical names and layouts are its own (``Framework.reference``)."""
+    return registry().reference_framework()
+
 
 #: Example texts for text backbones: varied topics, lengths and punctuation.
 SENTENCES = (
@@ -81,9 +84,9 @@ class Subject:
             random initialisation is skipped, and every other test starts from scratch.
         reference: the backbone realises a transferkit reference architecture (its spec
             names it as ``arch``, with the canonical weight names), so a linear probe on
-            it must train exactly as on the ``PARITY_FRAMEWORK`` realisation. That test
-            is skipped when the parity framework is not installed, and for the parity
-            framework's own realisation.
+            it must train exactly as on the reference framework's realisation
+            (:func:`parity_framework`). That test is skipped when the parity framework is
+            not installed, and for the parity framework's own realisation.
     """
 
     backbone: str
@@ -209,11 +212,13 @@ def reference_pair(
         f"{subject.backbone!r} declares no reference architecture (spec.arch); "
         "register it with transferkit.reference.reference_spec or set reference=False"
     )
-    if subject.framework == PARITY_FRAMEWORK:
+    parity = parity_framework()
+    if parity is None:
+        pytest.skip("subject.reference: no framework with the reference layouts is registered")
+    if subject.framework == parity:
         pytest.skip(f"subject.reference: {subject.backbone!r} is the reference itself")
-    reference = f"{PARITY_FRAMEWORK}:{arch}"
-    reg = registry()
-    if PARITY_FRAMEWORK not in reg.frameworks or reg.frameworks[PARITY_FRAMEWORK].missing():
+    reference = f"{parity}:{arch}"
+    if registry().frameworks[parity].missing():
         pytest.skip(f"subject.reference: the reference {reference!r} is not installed")
     ref = tk.build(reference, head=head, weights=subject.weights, seed=seed)
     if subject.pretrained:

@@ -14,12 +14,13 @@ import jax
 from flax import nnx
 
 from .efficientnet import EfficientNetLite0
+from .norm import BatchNorm
 
 P1 = ((1, 1), (1, 1))
 
 
-def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
+def _bn(channels: int, rngs: nnx.Rngs) -> BatchNorm:
+    return BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
 class MLP(nnx.Module):

@@ -12,6 +12,8 @@ from flax import nnx
 
 from transferkit.reference import LITE0_BLOCKS
 
+from .norm import BatchNorm
+
 # PyTorch momentum 0.01 (weight of the new statistic) is Flax momentum 0.99.
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -32,8 +34,8 @@ def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, stride: int = 1, gro
     )
 
 
-def _bn(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
+def _bn(channels: int, rngs: nnx.Rngs) -> BatchNorm:
+    return BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
 
 
 class MBConvBlock(nnx.Module):

@@ -15,10 +15,11 @@ import keras
 from keras import layers
 
 from .efficientnet import efficientnet_lite0  # noqa: F401  (the factory lives there)
+from .norm import BatchNormalization
 
 
 def _bn(x, name: str):
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
+    return BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
 
 
 def _conv(x, filters: int, kernel: int, stride: int, pad: int, name: str):

@@ -13,6 +13,8 @@ from keras import layers
 
 from transferkit.reference import LITE0_BLOCKS
 
+from .norm import BatchNormalization
+
 # PyTorch momentum 0.01 (weight of the new statistic) is Keras momentum 0.99.
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
@@ -25,7 +27,7 @@ def _conv(x, filters: int, kernel: int, name: str, stride: int = 1):
 
 
 def _bn(x, name: str):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)(x)
+    return BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)(x)
 
 
 def _relu6(x, name: str):

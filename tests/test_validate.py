@@ -370,7 +370,7 @@ def test_model_set_weights_checks_names_and_shapes(mlp):
 
 
 def test_a_last_batch_of_one_is_merged_into_the_one_before(framework):
-    from transferkit.training import batch_bounds
+    from transferkit.schedules import batch_bounds
 
     assert batch_bounds(33, 32) == [(0, 33)]
     assert batch_bounds(65, 32) == [(0, 32), (32, 65)]

@@ -126,7 +126,9 @@ def _demo(args: argparse.Namespace) -> int:
         hf = registry().frameworks.get("hf")
         if hf is None or hf.missing():
             raise ConfigError("the text demo needs the hf extra: pip install 'transferkit[hf]'")
-        demo.run_text(quick=args.quick, seeds=args.seeds, out=args.out)
+        from .demo_text import run_text
+
+        run_text(quick=args.quick, seeds=args.seeds, out=args.out)
         return 0
     frameworks = args.frameworks.split(",") if args.frameworks else None
     if not (frameworks or demo.installed_frameworks()):

@@ -19,8 +19,10 @@ Dropout is a device of stochastic training and is not applied by the solver.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -148,3 +150,40 @@ def objective_of(
         return loss, np.concatenate([grads[name].ravel() for name, _ in shapes])
 
     return objective, shapes, coef
+
+
+def fit_head(trainer: Any, f: np.ndarray, y: np.ndarray, fv: Any, yv: Any, callbacks: list) -> Any:
+    """``Trainer.fit`` for a frozen backbone with neither ``lr`` nor ``epochs`` given: the
+    head solved on the cached features ``f`` (validated on ``fv``), as one epoch that
+    every callback sees; returns the trainer's history."""
+    model = trainer.model
+    start = {k: v for k, v in model.get_weights().items() if k.startswith("head.")}
+    if trainer.penalty is not None:
+        coefficients = {k: c for k, c in trainer.penalty.coefficients.items() if k in start}
+    elif trainer.optimizer.weight_decay:
+        coefficients = dict.fromkeys(start, trainer.optimizer.weight_decay)
+    else:
+        coefficients = None  # scikit-learn's default
+    for cb in callbacks:
+        cb.on_epoch_begin(trainer, 0)
+    t0 = time.perf_counter()
+    solution = solve(model.head, f, y, start, coefficients)
+    model.set_weights(solution.weights)
+    logs: dict[str, Any] = {
+        "epoch": 1,
+        "loss": solution.loss,
+        "solver": "lbfgs",
+        "iterations": solution.iterations,
+        "trainable_groups": 0,
+    }
+    if trainer.penalty is not None:
+        logs["reg_loss"] = solution.penalty
+    if fv is not None:
+        logs.update(trainer._validate(fv, yv, model.engine.head_predict, True))
+    logs["time"] = time.perf_counter() - t0
+    trainer.epoch = trainer.epochs = 1
+    for cb in callbacks:
+        cb.on_epoch_end(trainer, 0, logs)
+    for cb in callbacks:
+        cb.on_train_end(trainer)
+    return trainer.history

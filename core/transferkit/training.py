@@ -35,31 +35,11 @@ from .framework import OPTIMIZERS, OptimizerSpec
 from .freeze import FreezePolicy, FullFineTune
 from .model import Model
 from .regularizers import Penalty, Regularizer
+from .schedules import SCHEDULES, batch_bounds, learning_rate
 
-SCHEDULES = ("constant", "cosine")
 DEFAULT_EPOCHS, DEFAULT_LR = 10, 1e-3
 
 __all__ = ["Callback", "EarlyStopping", "History", "TrainState", "Trainer", "fit"]
-
-
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """``[start, end)`` of each batch of an epoch. A last batch of one example is merged
-    into the batch before it, in every framework: BatchNorm cannot train on one example
-    (PyTorch refuses, others would normalise it to zero)."""
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return list(zip(starts, [*starts[1:], n], strict=True))
-
-
-def learning_rate(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0."""
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    if schedule == "constant":
-        return lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class Trainer:
@@ -246,7 +226,7 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_begin(self)
         if cached and self.solve_head and st is None and self.policy.peft is None:
-            return self._solve(inputs, y, val_inputs, yv, callbacks)
+            return probe.fit_head(self, inputs, y, val_inputs, yv, callbacks)
         plan: dict[str, float] | None = None
         self.stop = False
         try:
@@ -312,43 +292,6 @@ class Trainer:
             [np.asarray(predict(self._slice(inputs, i, cached))) for i in range(0, len(y), 128)]
         )
         return {f"val_{k}": v for k, v in metrics.compute(self.model.head.task, outs, y).items()}
-
-    def _solve(
-        self, f: np.ndarray, y: np.ndarray, fv: Any, yv: Any, callbacks: list[Callback]
-    ) -> History:
-        """The frozen-backbone fit with neither ``lr`` nor ``epochs`` given: the head's
-        objective solved to its optimum on the cached features (see ``probe.py``)."""
-        model = self.model
-        start = {k: v for k, v in model.get_weights().items() if k.startswith("head.")}
-        if self.penalty is not None:
-            coefficients = {k: c for k, c in self.penalty.coefficients.items() if k in start}
-        elif self.optimizer.weight_decay:
-            coefficients = dict.fromkeys(start, self.optimizer.weight_decay)
-        else:
-            coefficients = None  # scikit-learn's default
-        for cb in callbacks:
-            cb.on_epoch_begin(self, 0)
-        t0 = time.perf_counter()
-        solution = probe.solve(model.head, f, y, start, coefficients)
-        model.set_weights(solution.weights)
-        logs: dict[str, Any] = {
-            "epoch": 1,
-            "loss": solution.loss,
-            "solver": "lbfgs",
-            "iterations": solution.iterations,
-            "trainable_groups": 0,
-        }
-        if self.penalty is not None:
-            logs["reg_loss"] = solution.penalty
-        if fv is not None:
-            logs.update(self._validate(fv, yv, model.engine.head_predict, True))
-        logs["time"] = time.perf_counter() - t0
-        self.epoch = self.epochs = 1
-        for cb in callbacks:
-            cb.on_epoch_end(self, 0, logs)
-        for cb in callbacks:
-            cb.on_train_end(self)
-        return self.history
 
     def _prepare_once(self, x: Any) -> Any:
         if self.augment is not None or not isinstance(x, np.ndarray):

@@ -130,7 +130,7 @@ def data():
         ({"seed": "0"}, "seed must be an integer"),
         ({"augment": "flip"}, "augment must be a function"),
         ({"callbacks": [print]}, "callbacks must be a list of tk.Callback"),
-        ({"early_stopping": 0}, "patience\\) must be >= 1"),
+        ({"early_stopping": -1}, "patience\\) must be >= 0"),
         ({"freeze": "features"}, "freeze= expects a tk.freeze policy"),
         ({"epoch": 3}, "unexpected keyword argument 'epoch'.*the options are.*epochs"),
     ],

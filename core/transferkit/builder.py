@@ -188,4 +188,10 @@ def list_backbones(
 ) -> list[BackboneSpec]:
     """Registered backbones from every installed plugin, filtered by a glob ``pattern``
     (on ``framework:name`` or the bare name), framework and tags. Imports no framework."""
+    if pattern is not None:
+        validate.string("list_backbones(pattern)", pattern)
+    if framework is not None:
+        validate.string("list_backbones(framework)", framework)
+    if isinstance(tags, str):
+        tags = (tags,)
     return registry().catalog.filter(pattern, framework, tags)

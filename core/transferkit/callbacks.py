@@ -71,7 +71,13 @@ class History(Callback):
         return len(self.epochs)
 
     def __getitem__(self, key: str) -> list[Any]:
-        return self.history[key]
+        history = self.history
+        if key not in history:
+            raise KeyError(
+                f"history has no {key!r}; it logs {', '.join(history) or 'nothing yet'} "
+                "(val_* figures need fit(..., val=...)); history.epochs[i] is epoch i's dict"
+            )
+        return history[key]
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.epochs, indent=2))
@@ -158,6 +164,8 @@ class Checkpoint(Callback):
     def __init__(self, path: str | Path) -> None:
         from .checkpoint import TrainState
 
+        if not isinstance(path, (str, Path)):
+            raise ConfigError(f"Checkpoint() needs a directory path, got {type(path).__name__}")
         self.path = Path(path)
         TrainState.check_target(self.path)
 

@@ -57,6 +57,12 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
         raise EmptyDataError(f"{what} is empty (0 examples)")
     if input_kind == "image":
         channels = input_shape[-1]
+        if x.ndim == 3 and x.shape[-1] in (1, 3) and x.shape[1] > 4 * x.shape[-1]:
+            raise InputShapeError(
+                f"{what} has shape {x.shape}, which looks like one (H, W, C) image rather "
+                f"than a batch; pass x[None] for one image (a batch of grey images is "
+                "(N, H, W) or (N, H, W, 1))"
+            )
         if x.ndim == 3:  # (N, H, W) grey
             pass
         elif x.ndim != 4 or x.shape[-1] not in {1, 3, channels}:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelDirError, TransferkitError
-from .runconfig import FIT_SCHEMA, _existing_data_path, _labelled, run_config
+from .runconfig import FIT_SCHEMA, load_labelled, run_config
 
 
 def _backbones(args: argparse.Namespace) -> int:
@@ -168,7 +168,6 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .data import load as load_data
     from .saving import load
 
     if not Path(args.model).is_dir():
@@ -177,7 +176,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "`transferkit fit --out` saved the model to"
         )
     # the data before the model: a wrong path fails fast
-    data = _labelled(load_data(_existing_data_path(args.data)), args.data)
+    data = load_labelled(args.data)
     model = load(args.model, framework=args.framework)
     print(json.dumps(model.evaluate(data), indent=2))
     return 0

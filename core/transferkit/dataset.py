@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import validate
 from .checks import check_stacked
 from .errors import EmptyDataError, InputDTypeError, LabelError
 
@@ -32,21 +33,39 @@ class Dataset:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        what = f"dataset {self.name!r}" if self.name else "the dataset"
         if isinstance(self.x, np.ndarray) or not isinstance(self.x, (list, tuple)):
             self.x = np.asarray(self.x)
+            if self.x.ndim == 0:
+                raise InputDTypeError(
+                    f"{what}: x is a single {type(self.x.item()).__name__}, not a collection "
+                    "of examples; pass an array (N, ...) or a list"
+                )
         elif self.x and not isinstance(self.x[0], str):
-            self.x = check_stacked(self.x, f"dataset {self.name}".strip())
+            self.x = check_stacked(self.x, what)
         else:
             self.x = list(self.x)
         if self.y is not None:
             self.y = np.asarray(self.y)
+            if self.y.ndim == 0:
+                raise LabelError(f"{what}: y is a single value; give one label per input")
             if self.y.dtype.kind in "iub":
                 self.y = self.y.astype(np.int64)
+            elif self.y.dtype.kind in "USO":  # class names, as read_table maps them
+                names = [str(v) for v in self.y.tolist()]
+                if self.classes is None:
+                    self.classes = sorted(set(names))
+                unknown = sorted(set(names) - set(self.classes))
+                if unknown:
+                    raise LabelError(f"{what}: labels {unknown[:5]} are not in classes")
+                self.y = np.array([self.classes.index(v) for v in names], dtype=np.int64)
             if len(self.y) != len(self.x):
                 raise LabelError(
-                    f"dataset {self.name or ''!s}: {len(self.x)} inputs but {len(self.y)} "
-                    "labels; give one label per input"
+                    f"{what}: {len(self.x)} inputs but {len(self.y)} labels; give one label "
+                    "per input"
                 )
+        if self.classes is not None:
+            self.classes = [str(c) for c in self.classes]
 
     def __len__(self) -> int:
         return len(self.x)
@@ -55,7 +74,9 @@ class Dataset:
     def num_classes(self) -> int:
         if self.classes is not None:
             return len(self.classes)
-        return int(self.y.max()) + 1 if self.y is not None and len(self.y) else 0
+        if self.y is None or not len(self.y) or self.y.dtype.kind not in "iu":
+            return 0
+        return int(self.y.max()) + 1
 
     def subset(self, index: np.ndarray) -> Dataset:
         x = self.x[index] if isinstance(self.x, np.ndarray) else [self.x[i] for i in index]
@@ -94,6 +115,7 @@ def few_shot(data: Dataset, shots: int, seed: int = 0) -> Dataset:
         raise LabelError("few-shot sampling needs labels")
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
         raise EmptyDataError(f"shots must be an integer >= 1, got {shots!r}")
+    seed = validate.integer("seed", seed, 0)
     rng = np.random.default_rng(seed)
     picks, short = [], []
     for c in range(data.num_classes):
@@ -123,7 +145,7 @@ def train_val_split(
         or not (0.0 < fraction < 1.0)
     ):
         raise EmptyDataError(f"split fraction must be a number in (0, 1), got {fraction!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(validate.integer("seed", seed, 0))
     n = len(data)
     if stratify and data.y is not None and data.y.dtype.kind == "i":
         held = []

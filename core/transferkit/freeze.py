@@ -205,7 +205,14 @@ def from_name(name: str, **options: float) -> FreezePolicy:
         raise ConfigError(
             f"unknown freeze policy {name!r}; choose one of {', '.join(sorted(_NAMES))}"
         )
-    try:
-        return _NAMES[key](**options)
-    except TypeError as e:
-        raise ConfigError(f"freeze policy {name!r}: {e}") from None
+    import dataclasses
+
+    cls = _NAMES[key]
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"freeze policy {name!r} has no option {', '.join(map(repr, unknown))}; its options "
+            f"are {', '.join(known)}"
+        )
+    return cls(**options)

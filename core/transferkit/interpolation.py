@@ -52,6 +52,11 @@ def interpolate(start: Model | str, finetuned: Model, alpha: float = 0.5) -> Mod
             f"outputs, finetuned {finetuned.head.task} with {finetuned.head.outputs}; "
             "interpolate models of the same task"
         )
+    if start.peft or finetuned.peft:
+        raise ConfigError(
+            "interpolate: LoRA models cannot be interpolated yet (their low-rank modules have "
+            "no counterpart in the start model); interpolate fully fine-tuned models"
+        )
     a, b = _backbone(start), _backbone(finetuned)
     _check_same_architecture(start, finetuned, a, b)
     mixed = {k: _mix(a[k], b[k], alpha) for k in b}

@@ -15,6 +15,15 @@ from .errors import EmptyDataError, InputDTypeError, InputShapeError, LabelError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
+def _rgb01(im: Any) -> np.ndarray:
+    """A PIL image as RGB float32 in [0, 1], 16-bit images scaled by their own range."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(im, dtype=np.float64)
+        grey = grey / (65535.0 if grey.max() <= 65535 else 2**31 - 1)  # 16-bit, or 32
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Dataset:
     """Load ``root/<class>/*.png|jpg`` as RGB float32 images in [0, 1].
 
@@ -27,7 +36,10 @@ def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datas
 
     root = Path(root)
     if not root.is_dir():
-        raise EmptyDataError(f"image folder {str(root)!r} does not exist")
+        raise EmptyDataError(
+            f"image folder {str(root)!r} "
+            + ("is a file, not a folder" if root.exists() else "does not exist")
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise EmptyDataError(
@@ -41,7 +53,7 @@ def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datas
         for f in files:
             try:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                    arr = _rgb01(im)
             except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file
                 raise InputDTypeError(
                     f"cannot read image {str(f)!r} ({type(e).__name__}: {e}); remove or "
@@ -173,6 +185,8 @@ def load_npz(path: str | Path) -> Dataset:
 
 def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:
     """Load a data set from an image folder or an ``.npz`` file."""
+    if not isinstance(path, (str, Path)):
+        raise EmptyDataError(f"tk.data.load() needs a path, got {type(path).__name__}")
     p = Path(path)
     if p.is_dir():
         return image_folder(p, size=size)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from . import metrics, validate
 from . import weights as wio
 from .catalog import BackboneSpec, LayerGroup
 from .data import Dataset, as_dataset, check_inputs, check_labels, check_stacked
-from .errors import ConfigError
+from .errors import ConfigError, WeightsError
 from .framework import Engine, Framework
 from .heads import Classifier, Head
 from .preprocess import prepare_images
@@ -116,6 +116,14 @@ class Model:
     def set_weights(self, arrays: dict[str, np.ndarray]) -> None:
         """Load some or all weights by canonical name; names the model lacks and shapes
         that differ are a :class:`~transferkit.errors.WeightsError`."""
+        if not isinstance(arrays, Mapping):
+            raise ConfigError(
+                f"set_weights() takes a dict of canonical name -> array (as get_weights() "
+                f"returns), got {type(arrays).__name__}"
+            )
+        bad = sorted(k for k, v in arrays.items() if not np.isfinite(np.asarray(v)).all())
+        if bad:
+            raise WeightsError(f"set_weights: {', '.join(bad[:4])} hold NaN or infinite values")
         shapes = self.engine.param_shapes()
         expected = {k: shapes[k] for k in arrays if k in shapes}
         self.engine.set_weights(wio.match(arrays, expected, f"model {self.spec.name!r}"))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import warn
 from .heads import Head
 
 #: the largest gradient component at which the head counts as solved
@@ -169,11 +170,18 @@ def fit_head(trainer: Any, f: np.ndarray, y: np.ndarray, fv: Any, yv: Any, callb
     t0 = time.perf_counter()
     solution = solve(model.head, f, y, start, coefficients)
     model.set_weights(solution.weights)
+    if not solution.converged:
+        warn(
+            f"the head's objective did not reach its optimum in {solution.iterations} L-BFGS "
+            "iterations (a head with hidden layers is not convex); its result is used as is. "
+            "Pass epochs= and lr= to train it by gradient steps instead"
+        )
     logs: dict[str, Any] = {
         "epoch": 1,
         "loss": solution.loss,
         "solver": "lbfgs",
         "iterations": solution.iterations,
+        "converged": solution.converged,
         "trainable_groups": 0,
     }
     if trainer.penalty is not None:
@@ -181,7 +189,7 @@ def fit_head(trainer: Any, f: np.ndarray, y: np.ndarray, fv: Any, yv: Any, callb
     if fv is not None:
         logs.update(trainer._validate(fv, yv, model.engine.head_predict, True))
     logs["time"] = time.perf_counter() - t0
-    trainer.epoch = trainer.epochs = 1
+    trainer.epoch = 1
     for cb in callbacks:
         cb.on_epoch_end(trainer, 0, logs)
     for cb in callbacks:

@@ -152,6 +152,26 @@ def _load_data(spec: str, shots: int | None, seed: int):
     return (train.few_shot(shots, seed) if shots else train), None
 
 
+def load_labelled(spec: str, what: str = "data") -> Any:
+    """Labelled data for evaluation or validation: a path or ``builtin:digits|faces`` (its
+    test part: the held-out examples)."""
+    from . import data
+
+    if spec.startswith("builtin:"):
+        return _load_data(spec, None, 0)[1]
+    return _labelled(data.load(_existing_data_path(spec, what)), spec)
+
+
+def _check_out(out: str) -> None:
+    """The output directory is checked before any data is read or any step is taken."""
+    from .saving import _check_target
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out {out!r} is a file; choose a directory for the fitted model")
+    _check_target(path)
+
+
 def _labelled(data: Any, spec: str) -> Any:
     """Training and evaluation data must carry labels; say so rather than fail later."""
     from .errors import LabelError
@@ -168,7 +188,6 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run ``transferkit fit`` from a dict of options (flags or TOML)."""
     from . import freeze as freeze_mod
     from .builder import build
-    from .data import load as load_data
     from .heads import Classifier, Regressor
     from .training import fit
 
@@ -180,9 +199,10 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     # Everything that can be checked without data is checked before data is loaded.
     policy = freeze_mod.from_name(cfg["freeze"], **cfg["freeze_options"])
     regularizer = _regularizer(cfg)
+    _check_out(cfg["out"])
     train, val = _load_data(cfg["data"], cfg.get("shots"), cfg["seed"])
     if cfg.get("val"):
-        val = _labelled(load_data(_existing_data_path(cfg["val"], "val")), cfg["val"])
+        val = load_labelled(cfg["val"], "val")
     elif cfg["val_split"]:
         train, val = train.split(cfg["val_split"], seed=cfg["seed"])
     if cfg["head"] == "classifier":

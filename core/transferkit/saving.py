@@ -148,6 +148,11 @@ def _realisation(cfg: dict[str, Any], framework: str) -> str:
     arch = cfg.get("arch")
     reg = registry()
     reg.framework(framework)
+    if not arch:
+        raise ConfigError(
+            f"the saved backbone {cfg['backbone']!r} realises no reference architecture, so it "
+            f"loads only in its own framework ({cfg.get('framework')!r}); leave framework= out"
+        )
     for spec in reg.catalog.filter(framework=framework):
         if arch and spec.arch == arch:
             return spec.name

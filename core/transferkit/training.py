@@ -32,7 +32,7 @@ from .checkpoint import TrainState
 from .data import Dataset, as_dataset, check_labels
 from .errors import ConfigError, TrainingError, TransferkitError, warn
 from .framework import OPTIMIZERS, OptimizerSpec
-from .freeze import FreezePolicy, FullFineTune
+from .freeze import FeatureExtraction, FreezePolicy, FullFineTune
 from .model import Model
 from .regularizers import Penalty, Regularizer
 from .schedules import SCHEDULES, batch_bounds, learning_rate
@@ -92,7 +92,7 @@ class Trainer:
         if verbose not in (0, 1, 2, "auto", False, True):
             raise ConfigError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-            early_stopping = validate.integer("early_stopping (patience)", early_stopping, 1)
+            early_stopping = validate.integer("early_stopping (patience)", early_stopping, 0)
         callbacks = check_callbacks(callbacks)
         if regularizer is not None and not isinstance(regularizer, Regularizer):
             raise ConfigError(
@@ -216,6 +216,8 @@ class Trainer:
         bounds = batch_bounds(n, self.batch_size)
         self.steps_per_epoch = steps_per_epoch = len(bounds)
         total_steps = steps_per_epoch * self.epochs
+        if not (cached and self.solve_head):
+            self._warn_ineffective(cached, total_steps)
         # fit's own services first, so that user callbacks see this epoch in the history
         callbacks: list[Callback] = [self.history, ProgressLogger(self.verbose)]
         callbacks += self.user_callbacks + ([self.checkpoint] if self.checkpoint else [])
@@ -223,9 +225,12 @@ class Trainer:
         after_batch = [c for c in callbacks if overrides(c, "on_batch_end")]
         if self.verbose in (0, False):
             after_batch = [c for c in after_batch if not isinstance(c, ProgressLogger)]
+        solving = cached and self.solve_head and st is None and self.policy.peft is None
+        if solving:
+            self.epochs = 1  # the solve is the run's one epoch
         for cb in callbacks:
             cb.on_train_begin(self)
-        if cached and self.solve_head and st is None and self.policy.peft is None:
+        if solving:
             return probe.fit_head(self, inputs, y, val_inputs, yv, callbacks)
         plan: dict[str, float] | None = None
         self.stop = False
@@ -286,6 +291,24 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_end(self)
         return self.history
+
+    def _warn_ineffective(self, cached: bool, total_steps: int) -> None:
+        """Settings that cannot take effect in this run are said once, not ignored."""
+        policy, groups = self.policy, self.groups
+        if self.warmup_steps >= total_steps:
+            warn(
+                f"warmup_steps={self.warmup_steps} is not shorter than the run "
+                f"({total_steps} steps): the learning rate never reaches lr={self.lr}"
+            )
+        n = getattr(policy, "n", None)
+        if isinstance(n, int) and n > len(groups):
+            warn(f"{policy!r}: the backbone has {len(groups)} layer groups; all of them train")
+        trains = not isinstance(policy, FeatureExtraction) and policy.peft is None
+        if trains and cached:
+            warn(
+                f"{policy!r} trains no backbone group within epochs={self.epochs}: the "
+                "backbone stays frozen for the whole run"
+            )
 
     def _validate(self, inputs: Any, y: np.ndarray, predict: Any, cached: bool) -> dict:
         outs = np.concatenate(

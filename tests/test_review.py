@@ -87,7 +87,11 @@ def test_16_bit_images_are_scaled_by_their_range(tmp_path):
         ),
         (lambda m: tk.Checkpoint(5), errors.ConfigError, "needs a directory path"),
         (lambda m: tk.datasets.digits_transfer(shots=2, seed="a"), errors.ConfigError, "seed"),
-        (lambda m: tk.freeze.from_name("train_last", m=2), errors.ConfigError, "no option .m.; its options are lr_decay, n"),
+        (
+            lambda m: tk.freeze.from_name("train_last", m=2),
+            errors.ConfigError,
+            "no option .m.; its options are lr_decay, n",
+        ),
     ],
 )
 def test_raw_exceptions_became_named_errors(mlp, call, error, problem):

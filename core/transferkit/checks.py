@@ -147,3 +147,28 @@ def check_labels(y: Any, n: int, task: str, outputs: int, what: str = "y") -> np
     if not np.isfinite(y).all():
         raise NonFiniteInputError(f"{what} contains NaN or infinite targets")
     return y
+
+
+def check_augmented(augment: Any, raw: Any, out: Any, check: Any) -> None:
+    """An augment function that returns the wrong thing is named here, not inside a
+    framework's step; ``check`` is the model's input check."""
+    from .errors import ConfigError, TransferkitError
+
+    name = getattr(augment, "__name__", "augment")
+    if isinstance(raw, np.ndarray):
+        ok = isinstance(out, np.ndarray) and len(out) == len(raw) and out.ndim == raw.ndim
+        if not ok:
+            got = f"{type(out).__name__} {getattr(out, 'shape', '')}".strip()
+            raise ConfigError(
+                f"augment function {name!r} must return an array of the batch's "
+                f"{len(raw)} examples with shape like {raw.shape}; it returned {got}"
+            )
+    elif not isinstance(out, (list, tuple)) or len(out) != len(raw):
+        raise ConfigError(
+            f"augment function {name!r} must return a list of {len(raw)} inputs, like "
+            f"its argument; it returned {type(out).__name__}"
+        )
+    try:
+        check(out, f"the output of augment function {name!r}")
+    except TransferkitError as e:
+        raise ConfigError(str(e)) from None

@@ -29,8 +29,9 @@ from .callbacks import (
     overrides,
 )
 from .checkpoint import TrainState
+from .checks import check_augmented
 from .data import Dataset, as_dataset, check_labels
-from .errors import ConfigError, TrainingError, TransferkitError, warn
+from .errors import ConfigError, TrainingError, warn
 from .framework import OPTIMIZERS, OptimizerSpec
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune
 from .model import Model
@@ -339,31 +340,9 @@ class Trainer:
         raw = inputs[idx] if isinstance(inputs, np.ndarray) else [inputs[i] for i in idx]
         if self.augment is not None:
             out = self.augment(raw, self.rng)
-            self._check_augmented(raw, out)
+            check_augmented(self.augment, raw, out, self.model.check)
             raw = out
         return self.model.prepare(raw)
-
-    def _check_augmented(self, raw: Any, out: Any) -> None:
-        """An augment function that returns the wrong thing is named here, not inside a
-        framework's step."""
-        name = getattr(self.augment, "__name__", "augment")
-        if isinstance(raw, np.ndarray):
-            ok = isinstance(out, np.ndarray) and len(out) == len(raw) and out.ndim == raw.ndim
-            if not ok:
-                got = f"{type(out).__name__} {getattr(out, 'shape', '')}".strip()
-                raise ConfigError(
-                    f"augment function {name!r} must return an array of the batch's "
-                    f"{len(raw)} examples with shape like {raw.shape}; it returned {got}"
-                )
-        elif not isinstance(out, (list, tuple)) or len(out) != len(raw):
-            raise ConfigError(
-                f"augment function {name!r} must return a list of {len(raw)} inputs, like "
-                f"its argument; it returned {type(out).__name__}"
-            )
-        try:
-            self.model.check(out, f"the output of augment function {name!r}")
-        except TransferkitError as e:
-            raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -14,8 +14,6 @@ seed, and the spread between seeds within each framework.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 
 import transferkit as tk
 from transferkit import weights as wio
+from transferkit.bench.report import write_study
 
 ARCHS = {"cnn": "pretrained", "resnet18": None}
 
@@ -93,14 +92,9 @@ def main() -> None:
         "command": "python benchmarks/framework_agreement.py",
         "seeds": args.seeds,
         "epochs": args.epochs,
-        "machine": platform.processor() or platform.machine(),
         "results": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "framework_agreement.json").write_text(json.dumps(doc, indent=2))
-    (out / "framework_agreement.md").write_text(markdown(results, args.seeds) + "\n")
-    print(markdown(results, args.seeds))
+    write_study(args.out, "framework_agreement", doc, markdown(results, args.seeds))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ per class, ``--seeds`` seeds; test accuracy mean and std per shot count.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
 import transferkit as tk
+from transferkit.bench.report import write_study
 
 TASKS = {
     "digits": ("cnn", None, tk.datasets.digits_transfer, 5),
@@ -113,14 +111,9 @@ def main() -> None:
         "seeds": args.seeds,
         "alphas": alphas,
         "beta": 0.01,
-        "machine": platform.processor() or platform.machine(),
         "results": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "l2sp_sweep.json").write_text(json.dumps(doc, indent=2))
-    (out / "l2sp_sweep.md").write_text(markdown(results, args.seeds) + "\n")
-    print(markdown(results, args.seeds))
+    write_study(args.out, "l2sp_sweep", doc, markdown(results, args.seeds))
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ default ``lr``) is shown beside them. Tasks: BBC News topics with all-MiniLM-L6-
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 import transferkit as tk
+from transferkit.bench.report import write_study
 
 TASKS = {
     "bbc": ("hf:all-MiniLM-L6-v2", None, tk.datasets.bbc_news, (2, 4, 8, 16)),
@@ -104,14 +102,9 @@ def main() -> None:
     doc = {
         "command": "python benchmarks/linear_probe.py",
         "seeds": args.seeds,
-        "machine": platform.processor() or platform.machine(),
         "results": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "linear_probe.json").write_text(json.dumps(doc, indent=2))
-    (out / "linear_probe.md").write_text(markdown(results, args.seeds) + "\n")
-    print(markdown(results, args.seeds))
+    write_study(args.out, "linear_probe", doc, markdown(results, args.seeds))
 
 
 if __name__ == "__main__":

@@ -202,3 +202,16 @@ def write(doc: dict[str, Any], out: Path) -> list[Path]:
     (out / "bench.json").write_text(json.dumps(doc, indent=2, default=float))
     (out / "bench.md").write_text(markdown(doc))
     return [out / "bench.json", out / "bench.md", *charts(doc, out)]
+
+
+def write_study(out: str | Path, stem: str, doc: dict[str, Any], text: str) -> None:
+    """What a study script under ``benchmarks/`` leaves: ``stem.json`` and ``stem.md`` in
+    ``out``, with the machine named in the JSON; the Markdown is printed too."""
+    import platform
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {**doc, "machine": platform.processor() or platform.machine()}
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+    (out / f"{stem}.md").write_text(text + "\n")
+    print(text)

@@ -46,8 +46,8 @@ def _backbones(args: argparse.Namespace) -> int:
         return 1
     reg = registry()
     print(
-        f"{'name':<32} {'input':<14} {'features':>8} {'groups':>6}  {'pretrained weights':<44} "
-        "installed"
+        f"{'name':<32} {'input':<14} {'features':>8} {'groups':>6} {'BN':>3}  "
+        f"{'pretrained weights':<44} installed"
     )
     for s in specs:
         fw = reg.frameworks.get(s.framework)
@@ -62,7 +62,8 @@ def _backbones(args: argparse.Namespace) -> int:
         weights = s.weights.description if s.weights else "-"
         print(
             f"{s.name:<32} {s.input_kind + ' ' + shape:<14} {s.feature_size:>8} "
-            f"{len(s.groups):>6}  {weights[:44]:<44} {ok}"
+            f"{len(s.groups):>6} {'yes' if 'batchnorm' in s.tags else '-':>3}  "
+            f"{weights[:44]:<44} {ok}"
         )
     return 0
 
@@ -267,6 +268,12 @@ def parser() -> argparse.ArgumentParser:
         "--regularizer",
         choices=["l2sp", "l2", "none"],
         help="l2sp: pull the backbone toward its pretrained weights (see --alpha, --beta)",
+    )
+    f.add_argument(
+        "--batchnorm",
+        choices=["recalibrate", "frozen", "train"],
+        help="BatchNorm of trained layers: re-estimate its statistics after training "
+        "(recalibrate, default), keep it in inference mode (frozen), or train it (train)",
     )
     f.add_argument("--alpha", type=float, help="l2sp: strength toward the starting weights")
     f.add_argument("--beta", type=float, help="l2sp/l2: L2 strength on the head (l2: on all)")

@@ -113,6 +113,11 @@ class Engine(ABC):
     head_only: bool = False
     #: the head's loss, ``"cross_entropy"`` or ``"mse"`` (``Head.loss``)
     loss: str
+    #: how the backbone's BatchNorm layers run in a group that trains: ``"train"`` (batch
+    #: statistics, running statistics updated) or ``"frozen"`` (inference mode: running
+    #: statistics used, not updated; scale and shift still learn). Core sets it after
+    #: ``start_training``, before the first ``set_plan``; see ``transferkit.batchnorm``.
+    batchnorm: str = "train"
 
     # --- weights -----------------------------------------------------------------
     @abstractmethod
@@ -203,6 +208,21 @@ class Engine(ABC):
         ``(task loss, penalty)``. ``None``: no penalty (the default)."""
         if penalty is not None:
             raise ConfigError(f"{type(self).__name__} does not support regularizers")
+
+    def batch_statistics(self, x: np.ndarray, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """One forward pass of the backbone over the prepared inputs ``x`` with the
+        BatchNorm layers of layer groups ``groups`` in training mode (the others in
+        inference mode, dropout off): for each of those layers, the batch mean and the
+        *unbiased* batch variance it normalised by, under the canonical names of its
+        running statistics (``backbone.<layer>.running_mean`` / ``.running_var``). Changes
+        no weight and no running statistic. Core averages them over the training data
+        (``batchnorm="recalibrate"``). A model without BatchNorm returns ``{}``."""
+        if any(k.endswith(".running_mean") for k in self.param_shapes()):
+            raise ConfigError(
+                f"{type(self).__name__} cannot re-estimate BatchNorm statistics "
+                "(batchnorm='recalibrate'); use batchnorm='train' or 'frozen'"
+            )
+        return {}
 
     # --- optional ------------------------------------------------------------------
     def add_peft(self, peft: Mapping[str, Any]) -> None:

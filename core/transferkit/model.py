@@ -77,6 +77,8 @@ class Model:
         self.history: list[dict[str, Any]] = []
         #: parameter-efficient modules inserted into the backbone (LoRA), or None
         self.peft: dict[str, Any] | None = None
+        #: the ``batchnorm`` mode of the last fit (None: never fitted here)
+        self.batchnorm: str | None = None
 
     def add_peft(self, peft: dict[str, Any]) -> None:
         """Insert trainable parameter-efficient modules (LoRA) into the frozen backbone;
@@ -205,6 +207,7 @@ class Model:
             "groups": [[g.name, list(g.prefixes)] for g in self.spec.groups],
             "options": self.engine.options(),
             "peft": self.peft,
+            "batchnorm": self.batchnorm,
         }
 
     def save(self, path: str | Path) -> Path:

@@ -187,7 +187,7 @@ def fit_head(trainer: Any, f: np.ndarray, y: np.ndarray, fv: Any, yv: Any, callb
     if trainer.penalty is not None:
         logs["reg_loss"] = solution.penalty
     if fv is not None:
-        logs.update(trainer._validate(fv, yv, model.engine.head_predict, True))
+        logs.update(trainer._validate(fv, yv, model.engine.head_predict))
     logs["time"] = time.perf_counter() - t0
     trainer.epoch = 1
     for cb in callbacks:

@@ -65,7 +65,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         weights=_shipped("cnn"),
         mean=(0.5,),
         std=(0.5,),
-        tags=("small", "digits"),
+        tags=("small", "digits", "batchnorm"),
         min_input_size=8,  # three stride-2 convolutions down to 1x1
         description="4-stage conv net (3x3 conv-BN-ReLU, global average pool; 128 features) "
         "for 8x8 to 64x64 images",
@@ -79,7 +79,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         weights=None,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
-        tags=("resnet", "imagenet-architecture"),
+        tags=("resnet", "imagenet-architecture", "batchnorm"),
         ignore_keys=("fc",),
         min_input_size=32,  # five stride-2 stages down to 1x1
         description="ResNet-18 with torchvision's parameter names (512 features); a "
@@ -96,7 +96,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         ),
         mean=(0.5,),
         std=(0.5,),
-        tags=("efficientnet", "imagenet", "mobile"),
+        tags=("efficientnet", "imagenet", "mobile", "batchnorm"),
         ignore_keys=("_fc",),
         min_input_size=32,  # five stride-2 stages down to 1x1
         description="EfficientNet-Lite0 (no SE, ReLU6, TF 'same' padding; 1280 features), "

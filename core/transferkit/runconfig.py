@@ -31,6 +31,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "out": "runs/model",
     "freeze_options": {},
     "regularizer": "none",
+    "batchnorm": None,  # None: tk.fit's default
 }
 
 
@@ -89,6 +90,11 @@ FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
         "{n = 2}",
     ),
     "regularizer": ('"l2sp", "l2" or "none"', _one_of("l2sp", "l2", "none"), '"l2sp"'),
+    "batchnorm": (
+        '"recalibrate", "frozen" or "train"',
+        _one_of("recalibrate", "frozen", "train"),
+        '"frozen"',
+    ),
     "alpha": ("a number >= 0 (l2sp)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "beta": ("a number >= 0 (l2sp, l2)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "anchor": ("a .safetensors path (l2sp)", _is_text, '"pretrained.safetensors"'),
@@ -234,6 +240,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         schedule=cfg["schedule"],
         seed=cfg["seed"],
         regularizer=regularizer,
+        batchnorm=cfg["batchnorm"],
     )
     out = model.save(cfg["out"])
     history.to_csv(out / "history.csv")

@@ -90,6 +90,7 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
     model.engine.set_weights(checked)
     model.weights_origin = str(path)
+    model.batchnorm = cfg.get("batchnorm")
     history = path / "history.json"
     if history.is_file():
         try:
@@ -109,6 +110,7 @@ _CONFIG_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "classes": ((list, type(None)), False),
     "options": ((dict,), False),
     "peft": ((dict, type(None)), False),
+    "batchnorm": ((str, type(None)), False),
     "adapter": ((dict, type(None)), False),
     "weights_origin": ((str, type(None)), False),
 }

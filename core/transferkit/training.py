@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import batchnorm as bn
 from . import metrics, probe, validate
 from . import weights as wio
+from .batches import Inputs
 from .callbacks import (
     Callback,
     Checkpoint,
@@ -29,7 +30,6 @@ from .callbacks import (
     overrides,
 )
 from .checkpoint import TrainState
-from .checks import check_augmented
 from .data import Dataset, as_dataset, check_labels
 from .errors import ConfigError, TrainingError, warn
 from .framework import OPTIMIZERS, OptimizerSpec
@@ -66,6 +66,7 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         verbose: int | str = "auto",
         regularizer: Regularizer | None = None,
+        batchnorm: str | None = None,
     ):
         if not isinstance(model, Model):
             raise ConfigError(
@@ -101,6 +102,7 @@ class Trainer:
                 f"got {regularizer!r:.60}"
             )
         self.regularizer = regularizer
+        self.batchnorm = bn.check(bn.DEFAULT if batchnorm is None else batchnorm)
         self.model = model
         self.policy = freeze if freeze is not None else FullFineTune()
         if not isinstance(self.policy, FreezePolicy):
@@ -200,18 +202,17 @@ class Trainer:
             self.rng.bit_generator.state = st.rng
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
         self.penalty = self._penalty(st)  # anchored before any step
+        if self.batchnorm == "recalibrate" and not cached:
+            bn.check_recalibration(len(y))
         engine.start_training(self.optimizer, self.seed)
         engine.set_penalty(self.penalty)
+        engine.batchnorm = "frozen" if self.batchnorm == "frozen" else "train"
+        model.batchnorm = self.batchnorm
 
-        if cached:
-            # The backbone never trains: one forward pass, then train the head on features.
-            inputs = model.features(x)
-            val_inputs = model.features(xv) if xv is not None else None
-            predict_val = engine.head_predict
-        else:
-            inputs = self._prepare_once(x)
-            val_inputs = self._prepare_once(xv) if xv is not None else None
-            predict_val = engine.predict
+        # cached: the backbone never trains; one forward pass, then the head on features
+        inputs = Inputs(model, x, cached, self.augment)
+        val_inputs = Inputs(model, xv, cached) if xv is not None else None
+        predict_val = engine.head_predict if cached else engine.predict
 
         n = len(y)
         bounds = batch_bounds(n, self.batch_size)
@@ -232,7 +233,10 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_begin(self)
         if solving:
-            return probe.fit_head(self, inputs, y, val_inputs, yv, callbacks)
+            return probe.fit_head(self, inputs.x, y, val_inputs, yv, callbacks)
+        # recalibrated BatchNorm statistics before anything looks at the model (below)
+        looks = val_inputs is not None or len(callbacks) > 2
+        recalibrated = self.epoch if st is not None else -1
         plan: dict[str, float] | None = None
         self.stop = False
         try:
@@ -253,7 +257,7 @@ class Trainer:
                     for cb in per_batch:
                         cb.on_batch_begin(self, i)
                     idx = order[slice(*bounds[i])]
-                    xb = self._batch(inputs, idx, cached)
+                    xb = inputs.train(idx, self.rng)
                     lr = learning_rate(
                         self.step, total_steps, self.lr, self.schedule, self.warmup_steps
                     )
@@ -281,17 +285,51 @@ class Trainer:
                 }
                 if regs:
                     logs["reg_loss"] = float(np.mean([float(v) for v in regs]))
+                if looks or self.epoch + 1 == self.epochs:
+                    recalibrated = self._recalibrate(inputs, bounds, self.epoch + 1)
                 if val_inputs is not None:
-                    logs.update(self._validate(val_inputs, yv, predict_val, cached))
+                    logs.update(self._validate(val_inputs, yv, predict_val))
                 logs["time"] = time.perf_counter() - t0
                 self.epoch += 1
                 for cb in callbacks:
                     cb.on_epoch_end(self, self.epoch - 1, logs)
+            if recalibrated != self.epoch:
+                self._recalibrate(inputs, bounds, self.epoch)
         finally:
             engine.end_training()
+        self._check_batchnorm(inputs, y)
         for cb in callbacks:
             cb.on_train_end(self)
         return self.history
+
+    def _trained_groups(self, epochs: int) -> set[str]:
+        """Backbone groups trained in the first ``epochs`` epochs (their BatchNorm ran
+        on batch statistics, unless ``batchnorm="frozen"``)."""
+        if self.batchnorm == "frozen" or self.uses_feature_cache():
+            return set()
+        plans = [self.policy.plan(self.groups, e) for e in range(epochs)]
+        return {g for p in plans for g, m in p.items() if m > 0 and g != "head"}
+
+    def _recalibrate(self, inputs: Inputs, bounds: list, epochs: int) -> int:
+        if self.batchnorm == "recalibrate":
+            bn.recalibrate(self.model, self._trained_groups(epochs), bounds, inputs.plain)
+        return epochs
+
+    def _check_batchnorm(self, inputs: Inputs, y: np.ndarray) -> None:
+        """Warn when the fitted model, in inference mode, predicts its training data much
+        worse than training says (the BatchNorm statistics do not match the data)."""
+        trained = self._trained_groups(self.epoch)
+        if not self.history.epochs or not bn.layers(self.model, trained):
+            return
+        k = min(len(y), bn.CHECKED)
+        predict = self.model.engine.predict
+        logits = np.concatenate(
+            [
+                np.asarray(predict(inputs.plain(np.arange(i, min(i + 128, k)))))
+                for i in range(0, k, 128)
+            ]
+        )
+        bn.check_gap(self.model, self.batchnorm, self.history.epochs[-1]["loss"], logits, y[:k])
 
     def _warn_ineffective(self, cached: bool, total_steps: int) -> None:
         """Settings that cannot take effect in this run are said once, not ignored."""
@@ -311,45 +349,9 @@ class Trainer:
                 "backbone stays frozen for the whole run"
             )
 
-    def _validate(self, inputs: Any, y: np.ndarray, predict: Any, cached: bool) -> dict:
-        outs = np.concatenate(
-            [np.asarray(predict(self._slice(inputs, i, cached))) for i in range(0, len(y), 128)]
-        )
+    def _validate(self, inputs: Inputs, y: np.ndarray, predict: Any) -> dict:
+        outs = np.concatenate([np.asarray(predict(b)) for b in inputs.chunks()])
         return {f"val_{k}": v for k, v in metrics.compute(self.model.head.task, outs, y).items()}
-
-    def _prepare_once(self, x: Any) -> Any:
-        if self.augment is not None or not isinstance(x, np.ndarray):
-            return x  # prepared per batch
-        shape = self.model.input_shape
-        if len(x) * int(np.prod(shape)) * 4 > 512 * 2**20:
-            return x
-        return _Prepared(self.model.prepare(x))
-
-    def _slice(self, inputs: Any, start: int, cached: bool) -> Any:
-        if cached:
-            return inputs[start : start + 128]
-        if isinstance(inputs, _Prepared):
-            return inputs.x[start : start + 128]
-        return self.model.prepare(inputs[start : start + 128])
-
-    def _batch(self, inputs: Any, idx: np.ndarray, cached: bool) -> Any:
-        if cached:
-            return inputs[idx]
-        if isinstance(inputs, _Prepared):
-            return inputs.x[idx]
-        raw = inputs[idx] if isinstance(inputs, np.ndarray) else [inputs[i] for i in idx]
-        if self.augment is not None:
-            out = self.augment(raw, self.rng)
-            check_augmented(self.augment, raw, out, self.model.check)
-            raw = out
-        return self.model.prepare(raw)
-
-
-@dataclass
-class _Prepared:
-    """Inputs already resized and normalised for the engine."""
-
-    x: np.ndarray
 
 
 def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any) -> History:
@@ -364,7 +366,9 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     ``checkpoint_dir`` (state for an exact resume after every epoch), ``resume_from``,
     ``verbose`` (0, 1 bar, 2 lines, "auto"), ``regularizer``
     (``tk.regularizers.L2SP(alpha, beta)`` or ``L2(beta)``; history then logs
-    ``reg_loss`` beside the task ``loss``).
+    ``reg_loss`` beside the task ``loss``), ``batchnorm`` (``"recalibrate"``, the default,
+    ``"frozen"`` or ``"train"``: how the BatchNorm layers of trained groups treat their
+    running statistics; see ``transferkit.batchnorm``).
 
     Example::
 

@@ -255,7 +255,9 @@ class FlaxEngine(Engine):
             return self.multiples[group] > 0 and not (self.head_only and group != "head")
 
         for m, group in self._norms:  # frozen BatchNorm uses its running statistics
-            m.use_running_average = self.head_only or self.multiples[group] == 0
+            m.use_running_average = (
+                self.head_only or self.multiples[group] == 0 or self.batchnorm == "frozen"
+            )
         graph, tr, fr, st = nnx.split(
             self.native, nnx.All(nnx.Param, trainable), nnx.Param, nnx.BatchStat
         )
@@ -329,6 +331,35 @@ class FlaxEngine(Engine):
     def end_training(self) -> None:
         self._sync()
 
+    def batch_statistics(self, x: np.ndarray, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+        chosen = [m for m, g in self._norms if g in groups]
+        if not chosen:
+            return {}
+        self._sync()
+        # momentum 0 (Flax's: the weight of the old statistic): the pass leaves exactly
+        # the batch statistics, read from its output state; the module keeps its own
+        saved = [(m, m.use_running_average, m.momentum) for m, _ in self._norms]
+        ids = {id(m) for m in chosen}
+        try:
+            for m, _ in self._norms:
+                m.use_running_average = id(m) not in ids
+                m.momentum = 0.0
+            graph, params, stats = nnx.split(self.native, nnx.Param, nnx.BatchStat)
+            params, stats = self._place((params, stats))
+            # unpadded, even over a mesh: padding rows would enter the statistics
+            new = _batch_stats(graph, params, stats, np.asarray(x, np.float32))
+        finally:
+            for m, running, momentum in saved:
+                m.use_running_average, m.momentum = running, momentum
+            self._eval_cache = None
+        wanted = {_name(p) for p, m in nnx.iter_graph(self.native) if id(m) in ids}
+        out = {}
+        for path, var in nnx.to_flat_state(new):
+            prefix = _name(path[:-1])
+            if prefix in wanted:
+                out[f"{prefix}.{_LEAF[str(path[-1])]}"] = np.array(var.get_value(), np.float32)
+        return out
+
     def training_state(self) -> dict[str, np.ndarray]:
         state = {"rng.jax": np.asarray(jax.random.key_data(self._key))}
         if self._train is not None:
@@ -352,6 +383,13 @@ def _features(graph, params, stats, x):
 @partial(jax.jit, static_argnums=0)
 def _head(graph, params, stats, f):
     return nnx.merge(graph, params, stats, copy=True).head(f)
+
+
+@partial(jax.jit, static_argnums=0)
+def _batch_stats(graph, params, stats, x):
+    model = nnx.merge(graph, params, stats, copy=True)
+    model.backbone(x)
+    return nnx.state(model, nnx.BatchStat)
 
 
 @partial(jax.jit, static_argnums=0)

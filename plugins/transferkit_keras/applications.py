@@ -178,7 +178,8 @@ def application_spec(name: str) -> BackboneSpec:
         loads_pretrained=True,
         mean=mean,
         std=std,
-        tags=("keras.applications", "imagenet", app.family),
+        tags=("keras.applications", "imagenet", app.family)
+        + (() if app.family in ("convnext", "vgg") else ("batchnorm",)),
         description=f"keras.applications.{app.keras_name} without its top, "
         + (
             f"flattened feature map ({app.features} x (H/32) x (W/32) features)"

@@ -286,7 +286,6 @@ class KerasEngine(Engine):
         self._layer_groups = self._assign_layer_groups()
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
         self.head_only = False
-        self._pinned: set[str] = set()  # groups frozen at some point: their BN stays frozen
         self._optimizer_spec: OptimizerSpec | None = None
         self._optimizer: TorchRuleOptimizer | None = None
         self._penalised = False
@@ -382,10 +381,7 @@ class KerasEngine(Engine):
         self.head_only = head_only
         carried = self._optimizer_slots() if self._optimizer is not None else None
         for layer, group in self._layer_groups:
-            train = self.multiples.get(group, 0.0) > 0 and not head_only
-            if not train:
-                self._pinned.add(group)
-            layer.trainable = train
+            layer.trainable = self.multiples.get(group, 0.0) > 0 and not head_only
         self._pin()
         self._trained = self.head if head_only else self.native
         variables = self._trained.trainable_variables
@@ -405,11 +401,57 @@ class KerasEngine(Engine):
         self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile="auto")
 
     def _pin(self) -> None:
-        """A BatchNorm (or dropout) of a group frozen at some point stays in inference
-        mode, as the Keras transfer-learning guide prescribes."""
-        for layer, group in self._layer_groups:
+        """BatchNorm and dropout of a frozen group run in inference mode, and so does
+        every BatchNorm under ``batchnorm="frozen"`` (the Keras transfer-learning guide's
+        ``base_model(x, training=False)``, per layer)."""
+        for layer, _ in self._layer_groups:
             if isinstance(layer, _MODAL):
-                pin_inference(layer, group in self._pinned)
+                frozen = not layer.trainable or (
+                    self.batchnorm == "frozen" and isinstance(layer, layers.BatchNormalization)
+                )
+                pin_inference(layer, frozen)
+
+    @_on_device
+    def batch_statistics(self, x: np.ndarray, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+        chosen = [
+            layer
+            for layer, g in self._layer_groups
+            if g in groups and isinstance(layer, layers.BatchNormalization)
+        ]
+        if not chosen:
+            return {}
+        # momentum 0 (Keras's: the weight of the old statistic): one pass leaves exactly
+        # the batch statistics in the moving ones, which are put back afterwards
+        modal = [(lay, lay.trainable) for lay, _ in self._layer_groups if isinstance(lay, _MODAL)]
+        saved = {
+            id(b): (b.momentum, self._numpy(b.moving_mean), self._numpy(b.moving_variance))
+            for b in chosen
+        }
+        try:
+            for layer, _ in modal:
+                pin_inference(layer, id(layer) not in saved)
+            for b in chosen:
+                b.trainable, b.momentum = True, 0.0
+            self.backbone(np.asarray(x, np.float32), training=True)
+            out = {}
+            for b in chosen:
+                name = "backbone." + canonical_prefix(b)
+                out[f"{name}.running_mean"] = self._numpy(b.moving_mean)
+                out[f"{name}.running_var"] = self._numpy(b.moving_variance)
+        finally:
+            for b in chosen:
+                momentum, mean, var = saved[id(b)]
+                b.momentum = momentum
+                b.moving_mean.assign(mean)
+                b.moving_variance.assign(var)
+            for layer, trainable in modal:
+                layer.trainable = trainable
+            self._pin()
+        return out
+
+    @staticmethod
+    def _numpy(var: Any) -> np.ndarray:
+        return np.array(ops.convert_to_numpy(var.value), np.float32)
 
     def _assign_slots(self, carried: Mapping[str, np.ndarray]) -> None:
         for slot, vars_ in self._optimizer.slots.items():
@@ -467,9 +509,6 @@ class KerasEngine(Engine):
             f"rng.keras.{i}": np.asarray(ops.convert_to_numpy(g.state.value)).astype(np.int64)
             for i, g in enumerate(self._seed_generators())
         }
-        state["bn.pinned"] = np.array(
-            [g in self._pinned for g in self.spec.group_names], dtype=np.int64
-        )
         if self._optimizer is not None:
             state.update({f"opt.{k}": v for k, v in self._optimizer_slots().items()})
         return state
@@ -479,10 +518,6 @@ class KerasEngine(Engine):
             key = f"rng.keras.{i}"
             if key in state:
                 gen.state.assign(np.asarray(state[key]).astype(gen.state.dtype))
-        if "bn.pinned" in state:
-            flags = np.asarray(state["bn.pinned"])
-            self._pinned = {g for g, f in zip(self.spec.group_names, flags, strict=True) if f}
-        self._pin()  # called after set_plan: the state belongs to the plan now in force
         if self._optimizer is not None:
             self._assign_slots({k[4:]: v for k, v in state.items() if k.startswith("opt.")})
 

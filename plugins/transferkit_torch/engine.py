@@ -16,6 +16,7 @@ from transferkit.heads import DenseLayer
 from transferkit.regularizers import Penalty
 
 _NOT_WEIGHTS = ("num_batches_tracked",)
+_BN = nn.modules.batchnorm._BatchNorm
 
 
 class TorchHead(nn.Module):
@@ -93,7 +94,7 @@ class TorchEngine(Engine):
         self._norms = [
             (m, spec.group_of(f"{n}.weight"))
             for n, m in backbone.named_modules()
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+            if isinstance(m, (_BN, nn.modules.dropout._DropoutNd))
             and any(g.owns(n) for g in spec.groups)
         ]
         self.multiples: dict[str, float] = {g: 1.0 for g in spec.group_names}
@@ -241,7 +242,37 @@ class TorchEngine(Engine):
         for m, group in self._norms:
             if self.head_only or self.multiples.get(group, 0.0) == 0:
                 m.eval()  # frozen: BatchNorm on running statistics, no dropout
+            elif self.batchnorm == "frozen" and isinstance(m, _BN):
+                m.eval()  # BatchNorm in inference mode; its weight and bias still train
         self._training = True
+
+    @torch.inference_mode()
+    def batch_statistics(self, x: np.ndarray, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+        # momentum 1: a forward pass leaves exactly the batch statistics (the variance
+        # unbiased, as PyTorch keeps it) in the running buffers, restored afterwards
+        chosen = [m for m, g in self._norms if isinstance(m, _BN) and g in groups]
+        if not chosen:
+            return {}
+        self.native.eval()
+        self._training = False
+        saved = {m: (m.momentum, {k: b.clone() for k, b in m.named_buffers()}) for m in chosen}
+        for m in chosen:
+            m.train()
+            m.momentum = 1.0
+        try:
+            self.backbone(self.to_input(x))
+            names = {m: n for n, m in self.backbone.named_modules()}
+            out = {}
+            for m in chosen:
+                out[f"backbone.{names[m]}.running_mean"] = m.running_mean.cpu().numpy().copy()
+                out[f"backbone.{names[m]}.running_var"] = m.running_var.cpu().numpy().copy()
+        finally:
+            for m, (momentum, buffers) in saved.items():
+                m.momentum = momentum
+                for k, b in m.named_buffers():
+                    b.copy_(buffers[k])
+                m.eval()
+        return out
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
         if not self._training:

@@ -1,0 +1,64 @@
+"""A fit's inputs as the engine takes them, batch by batch: cached features, inputs
+prepared once (resized and normalised), or raw inputs prepared per batch (augmented, if
+an augment function is given, or too large to prepare at once)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .checks import check_augmented
+
+if TYPE_CHECKING:
+    from .model import Model
+
+#: inputs larger than this (as float32) are prepared per batch
+PREPARE_AT_ONCE = 512 * 2**20
+
+
+class Inputs:
+    """``kind``: ``"features"`` (the backbone's cached outputs), ``"prepared"`` or
+    ``"raw"``."""
+
+    def __init__(
+        self,
+        model: Model,
+        x: Any,
+        cached: bool,
+        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    ) -> None:
+        self.model, self.augment = model, augment
+        per_batch = augment is not None or not isinstance(x, np.ndarray)
+        if cached:
+            self.kind, self.x = "features", model.features(x)
+        elif per_batch or len(x) * int(np.prod(model.input_shape)) * 4 > PREPARE_AT_ONCE:
+            self.kind, self.x = "raw", x
+        else:
+            self.kind, self.x = "prepared", model.prepare(x)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def plain(self, idx: np.ndarray) -> Any:
+        """The examples ``idx`` as the engine takes them, never augmented."""
+        if self.kind != "raw":
+            return self.x[idx]
+        x = self.x
+        return self.model.prepare(x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx])
+
+    def train(self, idx: np.ndarray, rng: np.random.Generator) -> Any:
+        """The training batch ``idx``: augmented with ``rng`` where an augment is given."""
+        if self.augment is None or self.kind != "raw":
+            return self.plain(idx)
+        x = self.x
+        raw = x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
+        out = self.augment(raw, rng)
+        check_augmented(self.augment, raw, out, self.model.check)
+        return self.model.prepare(out)
+
+    def chunks(self, size: int = 128):
+        """Every example in order, ``size`` at a time, never augmented."""
+        for start in range(0, len(self.x), size):
+            yield self.plain(np.arange(start, min(start + size, len(self.x))))

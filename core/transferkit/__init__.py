@@ -24,6 +24,7 @@ from .freeze import FreezePolicy
 from .heads import Classifier, Head, Regressor
 from .hookspecs import hookimpl
 from .interpolation import interpolate
+from .lr_finder import LRFinder, find_lr
 from .model import Backbone, Model
 from .plugins import list_plugins, register
 from .saving import load
@@ -47,6 +48,7 @@ __all__ = [
     "Framework",
     "Head",
     "History",
+    "LRFinder",
     "LayerGroup",
     "Model",
     "OptimizerSpec",
@@ -58,6 +60,7 @@ __all__ = [
     "build",
     "callbacks",
     "data",
+    "find_lr",
     "datasets",
     "errors",
     "fit",

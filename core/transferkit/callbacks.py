@@ -28,7 +28,8 @@ class Callback:
 
     ``trainer`` is the running :class:`~transferkit.Trainer`: ``trainer.model``,
     ``trainer.epoch``, ``trainer.step``, ``trainer.history``; setting
-    ``trainer.stop = True`` ends the run after the current epoch. In
+    ``trainer.stop = True`` ends the run after the current epoch (set in
+    ``on_batch_end``: after the current batch, the epoch ending there). In
     ``on_batch_end``, ``logs`` holds ``loss`` (the batch loss: call ``float()`` on it;
     it stays lazy so that steps stay asynchronous) and ``lr`` (the step's base rate).
     """
@@ -52,6 +53,8 @@ class History(Callback):
 
     def __init__(self, epochs: Sequence[dict[str, Any]] = ()):
         self.epochs: list[dict[str, Any]] = [dict(e) for e in epochs]
+        #: with ``fit(lr="auto")``: the learning-rate range test that chose ``lr``
+        self.lr_finder: Any = None
 
     def append(self, logs: dict[str, Any]) -> None:
         self.epochs.append(dict(logs))

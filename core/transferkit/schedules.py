@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from .errors import ConfigError
 
 SCHEDULES = ("constant", "cosine")
 
@@ -17,10 +20,20 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], n], strict=True))
 
 
-def learning_rate(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0."""
+def learning_rate(step: int, total: int, lr: float, schedule: Any, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 0, or
+    ``lr`` times what a callable ``schedule(step, total)`` returns (PyTorch's
+    ``LambdaLR``, given the run's length too)."""
     if warmup and step < warmup:
         return lr * (step + 1) / warmup
+    if callable(schedule):
+        factor = schedule(step, total)
+        if not isinstance(factor, int | float) or not math.isfinite(factor) or factor < 0:
+            raise ConfigError(
+                f"schedule function returned {factor!r} at step {step}; it must return a "
+                "finite number >= 0 (the factor the learning rate is multiplied by)"
+            )
+        return lr * float(factor)
     if schedule == "constant":
         return lr
     progress = (step - warmup) / max(1, total - warmup)

@@ -82,7 +82,8 @@ class Trainer:
         warmup_steps = validate.integer("warmup_steps", warmup_steps, 0)
         seed = validate.integer("seed", seed, 0, 2**32 - 1)
         validate.choice("optimizer", optimizer, OPTIMIZERS)
-        validate.choice("schedule", schedule, SCHEDULES)
+        if not callable(schedule):
+            validate.choice("schedule", schedule, SCHEDULES)
         if cache_features not in (True, False, "auto"):
             raise ConfigError(
                 f"cache_features must be True, False or 'auto', got {cache_features!r}"
@@ -271,6 +272,8 @@ class Trainer:
                     self.step += 1
                     for cb in after_batch:
                         cb.on_batch_end(self, i, batch_logs)
+                    if self.stop:  # a callback ended the run after this batch
+                        break
                 loss = float(np.mean([float(v) for v in losses]))
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -364,7 +367,8 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     compute frozen-backbone features once), ``augment`` (``f(batch, rng) -> batch`` on
     raw images), ``early_stopping`` (patience or an ``EarlyStopping``), ``callbacks``,
     ``checkpoint_dir`` (state for an exact resume after every epoch), ``resume_from``,
-    ``verbose`` (0, 1 bar, 2 lines, "auto"), ``regularizer``
+    ``verbose`` (0, 1 bar, 2 lines, "auto"), ``lr="auto"`` (the learning-rate range test,
+    ``tk.find_lr``, chooses it first; ``history.lr_finder`` holds the test), ``regularizer``
     (``tk.regularizers.L2SP(alpha, beta)`` or ``L2(beta)``; history then logs
     ``reg_loss`` beside the task ``loss``), ``batchnorm`` (``"recalibrate"``, the default,
     ``"frozen"`` or ``"train"``: how the BatchNorm layers of trained groups treat their
@@ -376,6 +380,11 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
                          epochs=20, lr=1e-3, seed=0)
     """
     resume_from = options.pop("resume_from", None)
+    finder = None
+    if isinstance(options.get("lr"), str) and options["lr"] == "auto":
+        from .lr_finder import auto_lr
+
+        options["lr"], finder = auto_lr(model, train, options)
     try:
         trainer = Trainer(model, **options)
     except TypeError as e:
@@ -383,4 +392,6 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
 
         known = [p for p in inspect.signature(Trainer).parameters if p != "model"]
         raise ConfigError(f"fit(): {e}; the options are {', '.join(known)}, resume_from") from None
-    return trainer.fit(train, val, resume_from=resume_from)
+    history = trainer.fit(train, val, resume_from=resume_from)
+    history.lr_finder = finder
+    return history

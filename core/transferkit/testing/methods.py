@@ -158,3 +158,27 @@ class MethodConformance:
             probs.append(m.predict(x))
         np.testing.assert_allclose(curves[1], curves[0], atol=1e-4)
         np.testing.assert_allclose(probs[1], probs[0], atol=1e-4)
+
+    def test_the_lr_range_test_runs_the_real_step_and_restores_the_model(
+        self, subject: Subject, examples: Any
+    ):
+        x, y = examples
+        model = subject.build(tk.Classifier(3), weights=subject.weights)
+        before = model.get_weights()
+        finder = tk.find_lr(
+            model, tk.Dataset(x, y), freeze=subject.policy(), start=1e-5, end=1.0, steps=12,
+            batch_size=8,
+        )  # fmt: skip
+        after = model.get_weights()
+        for k in before:  # exactly, BatchNorm statistics included
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+        lrs = np.asarray(finder.lrs)
+        assert lrs[0] == pytest.approx(1e-5) and np.all(np.diff(lrs) > 0)
+        assert np.all(np.isfinite(finder.raw_losses)) and len(finder.raw_losses) == len(lrs)
+        h = tk.fit(
+            model, tk.Dataset(x, y), freeze=subject.policy(), lr="auto", epochs=1,
+            batch_size=8, verbose=0,
+        )  # fmt: skip
+        assert h.lr_finder is not None and len(h.lr_finder.lrs) > 3
+        chosen = h.lr_finder.suggestion
+        assert chosen is not None and 1e-7 <= chosen <= 10 and h["lr"][0] <= chosen

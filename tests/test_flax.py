@@ -138,3 +138,18 @@ def test_data_parallel_over_two_cpu_devices_matches_one_device():
     _, diff, pdiff, devices = line.split()
     assert int(devices) == 2
     assert float(diff) < 1e-4 and float(pdiff) < 1e-4
+
+
+def test_group_features_match_torch_for_resnet18():
+    # every group's pooled entry tensor (maxpool's output for the stem; each layer's blocks
+    # sit in an nnx.List, whose first block receives it), not only the features
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    t = tk.build("torch:resnet18", head=tk.Classifier(2), weights=None, input_shape=(32, 32, 3))
+    f = tk.build("flax:resnet18", head=tk.Classifier(2), weights=None, input_shape=(32, 32, 3))
+    f.set_weights(t.get_weights())
+    expected = t.engine.group_features(t.prepare(x))
+    got = f.engine.group_features(f.prepare(x))
+    assert list(got) == list(expected) == list(t.spec.group_names)
+    diffs = {g: float(np.abs(got[g] - v).max()) for g, v in expected.items()}
+    print("group_features resnet18 flax vs torch:", {g: f"{d:.1e}" for g, d in diffs.items()})
+    assert max(diffs.values()) <= 1e-4, diffs

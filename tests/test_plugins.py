@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import transferkit as tk
@@ -329,3 +330,13 @@ def test_unknown_allow_list_names_are_reported(fresh, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("transferkit: error: TRANSFERKIT_PLUGINS names 'nope'")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_engine_without_group_features_says_so():
+    # a third-party engine that implements only the abstract methods
+    from transferkit.framework import Engine
+
+    stubs = {name: lambda self, *a, **k: None for name in Engine.__abstractmethods__}
+    minimal = type("MinimalEngine", (Engine,), stubs)()
+    with pytest.raises(errors.ConfigError, match="MinimalEngine cannot give features per layer"):
+        minimal.group_features(np.zeros((1, 4), np.float32))

@@ -38,8 +38,9 @@ def test_a_subclass_collects_the_whole_suite_and_the_base_class_nothing(pytester
     ids = [line for line in result.outlines if line.startswith("test_third_party.py::")]
     assert all(i.startswith("test_third_party.py::TestMine::test_") for i in ids), ids
     assert {i.split("::")[2].split("[")[0] for i in ids} == SUITE
-    # two tests run once per optimizer (3), the trajectory test at 1 and 5 steps
-    assert len(ids) == len(SUITE) + 5
+    # two tests run once per optimizer (3), the trajectory test at 1 and 5 steps, the
+    # BatchNorm-modes test once per mode (3)
+    assert len(ids) == len(SUITE) + 7
 
 
 def test_inapplicable_tests_skip_naming_the_flag_and_a_missing_subject_fails(pytester):

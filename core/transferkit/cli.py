@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .cli_choose import add_parsers, lr_value
 from .errors import ConfigError, ModelDirError, TransferkitError
 from .runconfig import FIT_SCHEMA, load_labelled, run_config
 
@@ -247,7 +248,7 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a backbone + head on data; save model and history")
     f.add_argument("--config", help="TOML run description (flags override it)")
     f.add_argument("--backbone", help="e.g. torch:cnn")
-    f.add_argument("--data", help="image folder, .npz (x, y), or builtin:digits|builtin:faces")
+    f.add_argument("--data", help="image folder, .npz (x, y), or builtin:digits|faces|bbc")
     f.add_argument("--val", help="validation data (same forms as --data)")
     f.add_argument("--val-split", dest="val_split", type=float)
     f.add_argument("--shots", type=int, help="labelled examples per class to sample")
@@ -259,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--weights", help="pretrained (default), none, or a .safetensors path")
     f.add_argument("--epochs", type=int)
-    f.add_argument("--lr", type=float)
+    f.add_argument("--lr", type=lr_value, help="a number, or auto (the range test chooses)")
     f.add_argument("--batch-size", dest="batch_size", type=int)
     f.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     f.add_argument("--weight-decay", dest="weight_decay", type=float)
@@ -294,6 +295,8 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", help="output file (default: the file shipped in the package)")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=_pretrain)
+
+    add_parsers(sub)  # rank, find-lr, search
 
     bn = sub.add_parser("bench", help="benchmark one transfer task across frameworks")
     bn.add_argument("--suite", default="default", help="suite name or .toml path")

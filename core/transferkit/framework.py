@@ -225,6 +225,19 @@ class Engine(ABC):
         return {}
 
     # --- optional ------------------------------------------------------------------
+    def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """For each backbone layer group, input to output: the activation that leaves the
+        group (the tensor that enters the next group; for the last group, the backbone's
+        features as :meth:`features` computes them), pooled to one vector per example —
+        images: the mean over height and width; text: over the tokens as the features are
+        (by default the mean under the attention mask); already flat: as is — as float32
+        ``(N, channels)``, in inference mode, changing no weight and no running statistic.
+        ``x`` is prepared input as for ``features``."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot give features per layer group (group_features); "
+            "its adapter does not implement them: use features() for the backbone's output"
+        )
+
     def add_peft(self, peft: Mapping[str, Any]) -> None:
         """Insert trainable parameter-efficient modules (``{"kind": "lora", ...}``, see
         ``tk.freeze.LoRA``) into the frozen backbone. Their parameters form the layer

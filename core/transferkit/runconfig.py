@@ -62,7 +62,7 @@ def _ints_at_least_1(v: Any) -> bool:
 #: what each key of a run description must hold: (what, check, example value)
 FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "backbone": ("a backbone name", _is_text, '"torch:cnn"'),
-    "data": ("a data path or builtin:digits|builtin:faces", _is_text, '"builtin:digits"'),
+    "data": ("a data path or builtin:digits|faces|bbc", _is_text, '"builtin:digits"'),
     "val": ("a data path", _is_text, '"val.npz"'),
     "shots": ("an integer >= 1", _int_at_least(1), "5"),
     "input_shape": ("a list of integers >= 1", _ints_at_least_1, "[32, 32, 3]"),
@@ -71,7 +71,7 @@ FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "dropout": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, "0.2"),
     "freeze": ("a freeze policy name", _is_text, '"train_last"'),
     "epochs": ("an integer >= 1", _int_at_least(1), "10"),
-    "lr": ("a number > 0", lambda v: _is_number(v) and v > 0, "0.001"),
+    "lr": ('a number > 0 or "auto"', lambda v: v == "auto" or _is_number(v) and v > 0, "0.001"),
     "batch_size": ("an integer >= 1", _int_at_least(1), "32"),
     "optimizer": ('"adam", "adamw" or "sgd"', _one_of("adam", "adamw", "sgd"), '"adam"'),
     "weight_decay": ("a number >= 0", lambda v: _is_number(v) and v >= 0, "0.0001"),
@@ -148,10 +148,15 @@ def _load_data(spec: str, shots: int | None, seed: int):
 
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
-        loaders = {"digits": datasets.digits_transfer, "faces": datasets.faces}
+        loaders = {
+            "digits": datasets.digits_transfer,
+            "faces": datasets.faces,
+            "bbc": datasets.bbc_news,
+        }
         if name not in loaders:
             raise ConfigError(
-                f"unknown built-in data {spec!r}; use builtin:digits or builtin:faces"
+                f"unknown built-in data {spec!r}; use builtin:digits, builtin:faces or "
+                "builtin:bbc (BBC News, text)"
             )
         return loaders[name](shots=shots, seed=seed)
     train = _labelled(data.load(_existing_data_path(spec)), spec)
@@ -159,7 +164,7 @@ def _load_data(spec: str, shots: int | None, seed: int):
 
 
 def load_labelled(spec: str, what: str = "data") -> Any:
-    """Labelled data for evaluation or validation: a path or ``builtin:digits|faces`` (its
+    """Labelled data for evaluation or validation: a path or ``builtin:digits|faces|bbc`` (its
     test part: the held-out examples)."""
     from . import data
 

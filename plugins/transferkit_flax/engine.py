@@ -126,6 +126,7 @@ class FlaxEngine(Engine):
                 )
             self.mesh = Mesh(np.array(jax.devices()), ("data",))
         self._eval_cache: tuple | None = None
+        self._entries: tuple | None = None  # group_features' taps, found on first use
         self._train: dict[str, Any] | None = None
         self._tx = None
         self._key = jax.random.key(0)
@@ -217,6 +218,42 @@ class FlaxEngine(Engine):
         graph, params, stats = self._eval_state()
         xb, n = self._put(np.asarray(x, np.float32))
         return np.asarray(_features(graph, params, stats, xb))[:n]
+
+    def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        graph, params, stats = self._eval_state()
+        if self._entries is None:
+            self._entries = self._group_entries()
+        xb, n = self._put(np.asarray(x, np.float32))
+        out = _group_features(graph, self._entries, self.spec.name, params, stats, xb)
+        names = self.spec.group_names
+        return {g: np.asarray(v, np.float32)[:n] for g, v in zip(names, out, strict=True)}
+
+    def _group_entries(self) -> tuple[tuple[str, tuple[tuple, ...]], ...]:
+        """Per layer group after the first: its name and the paths of its outermost
+        callable modules; the first of them called receives the tensor entering it."""
+        groups = self.spec.groups
+        modules = {tuple(p): m for p, m in nnx.iter_modules(self.native.backbone) if p}
+
+        def owner(path: tuple) -> str | None:
+            return next((g.name for g in groups if g.owns(_name(path))), None)
+
+        def outermost(path: tuple, group: str) -> bool:
+            return callable(modules[path]) and not any(
+                owner(path[:k]) == group and callable(modules.get(path[:k]))
+                for k in range(1, len(path))
+            )
+
+        entries = []
+        for g in groups[1:]:
+            paths = tuple(p for p in modules if owner(p) == g.name and outermost(p, g.name))
+            if not paths:
+                raise ConfigError(
+                    f"group_features: layer group {g.name!r} of {self.spec.name!r} has no "
+                    "module of its own that the backbone calls, so the tensor entering it "
+                    "cannot be taken"
+                )
+            entries.append((g.name, paths))
+        return tuple(entries)
 
     def head_predict(self, f: np.ndarray) -> np.ndarray:
         graph, params, stats = self._eval_state()
@@ -378,6 +415,62 @@ class FlaxEngine(Engine):
 @partial(jax.jit, static_argnums=0)
 def _features(graph, params, stats, x):
     return nnx.merge(graph, params, stats, copy=True).backbone(x)
+
+
+class _Entry(nnx.Module):
+    """Stands in for a module of a traced copy of the backbone and hands the first input
+    it sees to ``record``: the tensor entering the module's layer group."""
+
+    def __init__(self, inner: nnx.Module, record: Any) -> None:
+        self.inner = inner
+        self.record = record
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        self.record(x)
+        return self.inner(x, *args, **kwargs)
+
+
+def _pooled(t: jax.Array, backbone: str, group: str) -> jax.Array:
+    """Feature maps ``(N, H, W, C)`` averaged over height and width; vectors as is."""
+    if getattr(t, "ndim", None) not in (2, 4):
+        raise ConfigError(
+            f"group_features: layer group {group!r} of {backbone!r} is entered by "
+            f"{type(t).__name__} {getattr(t, 'shape', '')}; only feature maps (N, H, W, C) "
+            "and vectors (N, C) can be pooled per group"
+        )
+    return t.astype(jnp.float32).mean(axis=(1, 2)) if t.ndim == 4 else t.astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _group_features(graph, entries, backbone, params, stats, x):
+    # No hooks in nnx: in a copy merged inside the trace (the engine's own module is never
+    # touched), each group's entry modules are wrapped by recorders.
+    model = nnx.merge(graph, params, stats, copy=True)
+    seen: dict[str, jax.Array] = {}
+
+    def recorder(group: str):
+        def record(t):
+            if group not in seen:
+                seen[group] = _pooled(t, backbone, group)
+
+        return record
+
+    for group, paths in entries:
+        for path in paths:
+            parent = model.backbone
+            for key in path[:-1]:
+                parent = getattr(parent, str(key))
+                parent = parent.inner if isinstance(parent, _Entry) else parent
+            inner = getattr(parent, str(path[-1]))
+            setattr(parent, str(path[-1]), _Entry(inner, recorder(group)))
+    out = model.backbone(x)
+    missing = [group for group, _ in entries if group not in seen]
+    if missing:
+        raise ConfigError(
+            f"group_features: no module of layer group {missing[0]!r} of {backbone!r} was "
+            "called by the backbone, so the tensor entering it is unknown"
+        )
+    return [seen[group] for group, _ in entries] + [out]
 
 
 @partial(jax.jit, static_argnums=0)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from transferkit import BackboneSpec, Head
-from transferkit.errors import TruncationWarning, warn
+from transferkit.errors import ConfigError, TruncationWarning, warn
 from transferkit_torch.engine import TorchEngine
 
 from .encoder import HFEncoder
@@ -55,6 +55,29 @@ class HFEngine(TorchEngine):
             for t, f in zip(missing, super().features(missing), strict=True):
                 self._memo[t] = f
         return np.stack([self._memo[t] for t in x])
+
+    @torch.inference_mode()
+    def group_features(self, x: list[str]) -> dict[str, np.ndarray]:
+        # The groups are the embeddings and each encoder layer: the hidden states the
+        # model returns, in order, each pooled as the features are (the last group's are
+        # the features themselves).
+        self._eval()
+        inputs = self.to_input(x)
+        out = self.backbone.model(**inputs, output_hidden_states=True)
+        hidden = out.hidden_states
+        names = self.spec.group_names
+        if hidden is None or len(hidden) != len(names):
+            raise ConfigError(
+                f"group_features: {self.spec.name!r} returns "
+                f"{0 if hidden is None else len(hidden)} hidden states for its {len(names)} "
+                "layer groups (the embeddings, then each layer), so they cannot be matched"
+            )
+        mask = inputs["attention_mask"]
+        states = (*hidden[:-1], out.last_hidden_state)
+        return {
+            g: self.backbone.pool(h, mask).float().cpu().numpy()
+            for g, h in zip(names, states, strict=True)
+        }
 
     def predict(self, x: list[str]) -> np.ndarray:
         # Inference is deterministic: reuse the memoised features of texts seen before.

@@ -251,6 +251,39 @@ def _on_device(method):
     return run
 
 
+def _placeholders(model: keras.Model) -> Any:
+    """New ``keras.Input`` tensors shaped like ``model``'s inputs."""
+    return keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), model.input
+    )
+
+
+def _inline(model: keras.Model, inputs: Any, call: Any) -> Any:
+    """Run ``model``'s graph on new ``keras.Input`` tensors ``inputs``, layer by layer,
+    each through ``call(layer, *args, **kwargs)`` (the layers are reused, not cloned)."""
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = call(layer, x)
+        return x
+    clone = keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=lambda layer: layer, call_function=call
+    )
+    return clone.outputs if len(clone.outputs) > 1 else clone.outputs[0]
+
+
+def _pooled_symbolic(t: Any, backbone: str, group: str) -> Any:
+    """Feature maps ``(N, H, W, C)`` averaged over height and width; vectors as is."""
+    rank = len(getattr(t, "shape", ()))
+    if rank not in (2, 4):
+        raise ConfigError(
+            f"group_features: layer group {group!r} of {backbone!r} is entered by "
+            f"{type(t).__name__} {getattr(t, 'shape', '')}; only feature maps (N, H, W, C) "
+            "and vectors (N, C) can be pooled per group"
+        )
+    return ops.mean(t, axis=(1, 2)) if rank == 4 else t
+
+
 class _Pull(keras.regularizers.Regularizer):
     """``c/2 · ‖w − a‖²``: Keras adds it to the loss for every trainable variable that
     carries it, inside its compiled step, so a frozen variable costs nothing."""
@@ -290,6 +323,7 @@ class KerasEngine(Engine):
         self._optimizer: TorchRuleOptimizer | None = None
         self._penalised = False
         self._trained: keras.Model | None = None
+        self._group_probe: keras.Model | None = None  # built on first group_features
 
     # --- naming -----------------------------------------------------------------------
     def _index(self) -> list[Weight]:
@@ -340,6 +374,9 @@ class KerasEngine(Engine):
 
     # --- inference --------------------------------------------------------------------
     def _infer(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
+        return self._infer_all(model, x)[0]
+
+    def _infer_all(self, model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
         x = np.asarray(x, np.float32)
         if keras.backend.backend() == "tensorflow":
             # Eager TensorFlow runs the same kernels as a traced function, without the
@@ -347,11 +384,79 @@ class KerasEngine(Engine):
             out = model(x, training=False)
         else:  # jax: a jitted function per shape; torch: eager under no_grad
             out = model.predict_on_batch(x)
-        return np.asarray(ops.convert_to_numpy(out), np.float32)
+        return [np.asarray(ops.convert_to_numpy(o), np.float32) for o in keras.tree.flatten(out)]
 
     @_on_device
     def features(self, x: np.ndarray) -> np.ndarray:
         return self._infer(self.backbone, x)
+
+    @_on_device
+    def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self._group_probe is None:
+            self._group_probe = self._build_group_probe()
+        outs = self._infer_all(self._group_probe, x)
+        return dict(zip(self.spec.group_names, outs, strict=True))
+
+    def _group_entries(self) -> dict[int, str]:
+        """The first layer of each group after the first (by id) -> its group. A layer
+        without weights named under a group (``stage2-conv-pad``, the padding of its first
+        convolution) opens that group; otherwise it belongs where ``_layer_groups`` says."""
+        first: dict[str, layers.Layer] = {}
+        for layer, group in self._layer_groups:
+            if not layer.weights:
+                name = canonical_prefix(layer)
+                group = next((g.name for g in self.spec.groups if g.owns(name)), group)
+            first.setdefault(group, layer)
+        empty = [g for g in self.spec.group_names if g not in first]
+        if empty:
+            raise ConfigError(
+                f"group_features: layer group {empty[0]!r} of {self.spec.name!r} holds no "
+                "layer in this model (at this input size), so no tensor enters it"
+            )
+        if tuple(first) != self.spec.group_names:
+            raise ConfigError(
+                f"group_features: the layers of {self.spec.name!r} do not run group by group "
+                f"({', '.join(self.spec.group_names)}): their groups first appear in the order "
+                f"{', '.join(first)}, so no tensor enters each group alone"
+            )
+        return {id(first[g]): g for g in self.spec.group_names[1:]}
+
+    def _build_group_probe(self) -> keras.Model:
+        """The backbone's graph, nested models inlined, with the inputs of each group's
+        first layer (pooled) as extra outputs before the features; the layers are shared."""
+        entries, seen = self._group_entries(), {}
+
+        def call(layer: layers.Layer, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(layer, keras.Model) and any(
+                id(inner) in entries for inner in leaf_layers(layer)
+            ):
+                # a nested model holding entries: its graph inlined into a model of its
+                # own that also returns them, called here like the original
+                before = set(seen)
+                inputs = _placeholders(layer)
+                out = _inline(layer, inputs, call)
+                new = [g for g in seen if g not in before]
+                flat = keras.tree.flatten(out)
+                sub = keras.Model(inputs, [seen[g] for g in new] + flat)
+                results = keras.tree.flatten(sub(*args, **kwargs))
+                seen.update(zip(new, results[: len(new)], strict=True))
+                return keras.tree.pack_sequence_as(out, results[len(new) :])
+            group = entries.get(id(layer))
+            if group is not None and group not in seen:
+                seen[group] = _pooled_symbolic(args[0], self.spec.name, group)
+            return layer(*args, **kwargs)
+
+        inputs = _placeholders(self.backbone)
+        out = _inline(self.backbone, inputs, call)
+        missing = [g for g in entries.values() if g not in seen]
+        if missing:
+            raise ConfigError(
+                f"group_features: the first layer of group {missing[0]!r} of "
+                f"{self.spec.name!r} is inside a layer that is not a functional or "
+                "sequential model, so the tensor entering the group cannot be taken"
+            )
+        groups = self.spec.group_names[1:]
+        return keras.Model(inputs, [seen[g] for g in groups] + [out], name="group_features")
 
     @_on_device
     def head_predict(self, f: np.ndarray) -> np.ndarray:

@@ -74,6 +74,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _pooled(t: Any, backbone: str, group: str) -> torch.Tensor:
+    """An activation entering layer group ``group`` as one vector per example: feature
+    maps ``(N, C, H, W)`` averaged over height and width, vectors as they are."""
+    if isinstance(t, torch.Tensor) and t.ndim in (2, 4):
+        return t.float().mean(dim=(2, 3)) if t.ndim == 4 else t.float()
+    what = f"a {t.ndim}-d tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+    raise ConfigError(
+        f"group_features: layer group {group!r} of {backbone!r} is entered by {what}; only "
+        "feature maps (N, C, H, W) and vectors (N, C) can be pooled per group"
+    )
+
+
+def _entry(seen: Mapping[str, torch.Tensor], group: str, backbone: str) -> np.ndarray:
+    if group not in seen:
+        raise ConfigError(
+            f"group_features: no module of layer group {group!r} of {backbone!r} was called "
+            "by the backbone's forward, so the tensor entering it is unknown"
+        )
+    return np.ascontiguousarray(seen[group].cpu().numpy(), dtype=np.float32)
+
+
 class TorchEngine(Engine):
     def __init__(
         self, spec: BackboneSpec, backbone: nn.Module, head: Head, device: str = "auto"
@@ -177,6 +198,37 @@ class TorchEngine(Engine):
     def predict(self, x: np.ndarray) -> np.ndarray:
         self._eval()
         return self.native(self.to_input(x)).cpu().numpy()
+
+    @torch.inference_mode()
+    def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        # A forward pre-hook on every module of each group after the first: the first to
+        # fire is the group's outermost module called first, and its input is the tensor
+        # entering the group (maxpool's output for resnet18's layer1), i.e. the one that
+        # leaves the group before it.
+        self._eval()
+        groups = self.spec.groups
+        seen: dict[str, torch.Tensor] = {}
+
+        def record(group: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                if group not in seen:
+                    seen[group] = _pooled(args[0] if args else None, self.spec.name, group)
+
+            return hook
+
+        handles = []
+        try:
+            for name, module in self.backbone.named_modules():
+                owner = next((g.name for g in groups if g.owns(name)), None) if name else None
+                if owner is not None and owner != groups[0].name:
+                    handles.append(module.register_forward_pre_hook(record(owner)))
+            out = self.backbone(self.to_input(x))
+        finally:
+            for h in handles:
+                h.remove()
+        leaving = [_entry(seen, g.name, self.spec.name) for g in groups[1:]]
+        leaving.append(np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32))
+        return dict(zip(self.spec.group_names, leaving, strict=True))
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.asarray(a))

@@ -12,12 +12,13 @@ import transferkit as tk
 from transferkit import errors
 from transferkit import weights as wio
 
+from .groups import GroupFeaturesConformance
 from .methods import MethodConformance
 from .norms import BatchNormConformance
 from .subject import Subject, _files, _names_group, _reverse, _targets, reference_pair
 
 
-class AdapterConformance(MethodConformance, BatchNormConformance):
+class AdapterConformance(MethodConformance, BatchNormConformance, GroupFeaturesConformance):
     """The conformance suite. Subclass it with a ``subject`` and pytest runs it.
 
     The class itself is not collected (``__test__ = False``); every subclass is, unless it

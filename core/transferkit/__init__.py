@@ -29,6 +29,7 @@ from .model import Backbone, Model
 from .plugins import list_plugins, register
 from .ranking import Ranking, rank
 from .saving import load
+from .search import SearchResult, search, search_from_toml
 from .training import Trainer, fit
 
 try:
@@ -56,6 +57,7 @@ __all__ = [
     "ProgressLogger",
     "Ranking",
     "Regressor",
+    "SearchResult",
     "TrainState",
     "Trainer",
     "WeightSource",
@@ -72,6 +74,8 @@ __all__ = [
     "list_backbones",
     "list_plugins",
     "rank",
+    "search",
+    "search_from_toml",
     "load",
     "metrics",
     "regularizers",

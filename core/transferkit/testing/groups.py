@@ -75,3 +75,17 @@ class GroupFeaturesConformance:
         plain, probed = fitted
         for k, v in plain.items():
             np.testing.assert_array_equal(probed[k], v, err_msg=f"{k} after probing")
+
+    def test_rank_scores_the_subject_and_its_layer_groups(self, subject, examples):
+        x, y = examples
+        x = subject.separable(x, y)
+        model = subject.build(tk.Classifier(3), weights=subject.weights)
+        ranking = tk.rank([model], tk.Dataset(x, y), metric="logme", layers=True, verbose=0)
+        (row,) = ranking.rows
+        assert ranking.best == subject.spec.name == row.name
+        assert row.framework == subject.framework and np.isfinite(row.score)
+        assert list(row.layers) == list(subject.spec.group_names)
+        assert row.score == row.layers[subject.spec.group_names[-1]]
+        assert row.suggested_freeze.startswith(("TrainLast(", "FeatureExtraction()"))
+        knn = tk.rank([model], tk.Dataset(x, y), metric="knn", verbose=0)
+        assert 0.0 <= knn.rows[0].score <= 1.0

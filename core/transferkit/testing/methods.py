@@ -182,3 +182,25 @@ class MethodConformance:
         assert h.lr_finder is not None and len(h.lr_finder.lrs) > 3
         chosen = h.lr_finder.suggestion
         assert chosen is not None and 1e-7 <= chosen <= 10 and h["lr"][0] <= chosen
+
+    def test_a_search_chooses_by_validation_and_refits(self, subject: Subject, examples: Any):
+        pytest.importorskip("optuna", reason="tk.search needs optuna (transferkit[search])")
+        x, y = examples
+        x = subject.separable(x, y)
+        fixed = {
+            "backbone": subject.backbone, "epochs": 2, "batch_size": 8,
+            "freeze": "full" if subject.trains_backbone else "features",
+            "weights": "pretrained" if subject.pretrained else "none",
+        }  # fmt: skip
+        if subject.input_shape is not None:
+            fixed["input_shape"] = list(subject.input_shape)
+        result = tk.search(
+            tk.Dataset(x[:18], y[:18]), {"lr": [1e-3, 3e-2]}, val=tk.Dataset(x[18:], y[18:]),
+            fixed=fixed, verbose=0,
+        )  # fmt: skip
+        values = {t["params"]["lr"]: t["value"] for t in result.trials}
+        assert set(values) == {1e-3, 3e-2} and all(t["state"] == "COMPLETE" for t in result.trials)
+        assert result.best_value == max(values.values())
+        assert values[result.best_params["lr"]] == result.best_value
+        assert result.best_model.framework == subject.framework
+        assert result.best_model.predict(x[:4]).shape == (4, 3)

@@ -58,6 +58,12 @@ def test_demo_prints_the_table_and_writes_the_plot(tmp_path, capsys):
     assert len(rows) == sum(2 if m.tasks is None else len(m.tasks) for m in methods)
     assert any("cnn (digits 0-4) fine-tuned + L2-SP" in r["method"] for r in rows)
     assert any("interpolated 0.5" in r["method"] for r in rows)
+    # which backbone? LogME's choice before fitting, against the measured feature rows
+    assert "Which backbone? `tk.rank` (LogME) before fitting" in out
+    picks = result["which_backbone"]
+    assert {(w["task"], w["shots"]) for w in picks} <= {(t, k) for t in demo.TASKS for k in (1, 5)}
+    assert picks and all(w["hit"] == (w["logme_choice"] == w["best_measured"]) for w in picks)
+    assert all(w["logme_choice"] in ("cnn", "efficientnet_lite0") for w in picks)
     assert all(0.0 <= r["accuracy"][k] <= 1.0 for r in rows for k in (1, 5))
     assert len(result["verdict"]) == 4
     assert all(("wins" in v or "tie" in v) and "label(s)/class" in v for v in result["verdict"])

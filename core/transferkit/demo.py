@@ -189,7 +189,48 @@ def run(
                     flush=True,
                 )
     result = {"shots": list(shots), "seeds": n_seeds, "frameworks": frameworks, "rows": rows}
+    result["which_backbone"] = which_backbone(rows, frameworks[0], shots, n_seeds, methods)
     return _report(result, t_start, Path(out) / "demo", stream)
+
+
+def which_backbone(
+    rows: list[dict[str, Any]], fw: str, shots: Sequence[int], seeds: int, methods: Sequence
+) -> list[dict[str, Any]]:
+    """Which backbone? ``tk.rank`` (LogME) on each few-shot training sample, before any
+    fitting, against the frozen-feature rows the demo measured: was its choice the one
+    that won?"""
+    from .errors import ConfigError
+    from .ranking import rank
+
+    frozen = {
+        m.backbone: m
+        for m in methods
+        if isinstance(m.freeze, FeatureExtraction) and m.weights == "pretrained"
+    }
+    out = []
+    for task, loader in TASKS.items():
+        labels = {b: f"{fw}: {m.label}" for b, m in frozen.items()}
+        measured = {r["method"]: r["accuracy"] for r in rows if r["task"] == task}
+        if len(frozen) < 2 or not all(lab in measured for lab in labels.values()):
+            continue
+        for k in shots:
+            picks = []
+            for seed in range(seeds):
+                train, _ = loader(shots=k, seed=seed)
+                candidates = [
+                    (f"{fw}:{b}", {"input_shape": m.input_shape}) for b, m in frozen.items()
+                ]
+                try:
+                    picks.append(rank(candidates, train, verbose=0).best.split(":", 1)[1])
+                except ConfigError:  # too few examples to score
+                    continue
+            if not picks:
+                continue
+            chosen = max(set(picks), key=picks.count)
+            won = max(frozen, key=lambda b: measured[labels[b]][k])
+            out.append({"task": task, "shots": k, "logme_choice": chosen, "picks": picks,
+                        "best_measured": won, "hit": chosen == won})  # fmt: skip
+    return out
 
 
 def _report(result: dict[str, Any], t_start: float, stem: Path, stream: TextIO) -> dict[str, Any]:
@@ -198,6 +239,14 @@ def _report(result: dict[str, Any], t_start: float, stem: Path, stream: TextIO) 
     result["seconds"] = time.perf_counter() - t_start
     result["verdict"] = verdict(rows, shots)
     text = table(rows, shots, result["seeds"]) + "\n\n" + "\n".join(result["verdict"])
+    if result.get("which_backbone"):
+        text += "\n\nWhich backbone? `tk.rank` (LogME) before fitting, against the measured "
+        text += "frozen-feature rows:\n" + "\n".join(
+            f"- {w['task']}, {w['shots']} label(s)/class: LogME chose {w['logme_choice']} "
+            f"({w['picks'].count(w['logme_choice'])}/{len(w['picks'])} seeds); the better "
+            f"features were {w['best_measured']}'s: {'hit' if w['hit'] else 'miss'}"
+            for w in result["which_backbone"]
+        )
     print("\n" + text, file=stream)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

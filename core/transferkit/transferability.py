@@ -103,9 +103,10 @@ def _need_two_per_class(y: np.ndarray, metric: str) -> np.ndarray:
 
 def _logme_terms(s, x2, rest, t):
     """gamma, |m|^2 and |Fm - y|^2 at alpha/beta = t, for each class (columns)."""
-    gamma = (s / (s + t)).sum(axis=0)
-    m2 = (s * x2 / (s + t) ** 2).sum(axis=0)
-    res2 = (t**2 * x2 / (s + t) ** 2).sum(axis=0) + rest
+    den = np.maximum(s + t, _FLOOR)  # 0 only where s = t = 0 (all-zero features)
+    gamma = (s / den).sum(axis=0)
+    m2 = ((s / den) * (x2 / den)).sum(axis=0)
+    res2 = ((t / den) ** 2 * x2).sum(axis=0) + rest
     return gamma, m2, res2
 
 

@@ -99,6 +99,7 @@ class MethodConformance:
             tk.fit(
                 m, tk.Dataset(x, y), epochs=1, batch_size=4, lr=1e-2, seed=0, verbose=0,
                 optimizer="sgd", momentum=0.0, schedule="constant", freeze=subject.policy(),
+                batchnorm="train",  # the running statistics' own update (norms.py: the rest)
             )  # fmt: skip
             weights.append(m.get_weights())
         a, b = weights

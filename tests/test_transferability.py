@@ -286,3 +286,26 @@ def test_non_finite_features_are_refused_with_the_row():
             tr.score(name, f, y)
     with pytest.raises(ConfigError, match=r"source_probs contain NaN"):
         tr.leep(np.full((12, 3), np.nan), y)
+
+
+def test_logme_where_the_features_fit_the_labels_exactly():
+    # N <= D at full rank: every label vector is fitted exactly, the evidence is highest
+    # as alpha/beta -> 0 (a boundary), where N - gamma cancels to nothing if summed as a
+    # difference. Reference: the evidence maximised over beta, on a grid of alpha/beta.
+    rng = np.random.default_rng(3)
+    y = np.arange(20) % 2
+    f = np.hstack([np.eye(2)[y], 0.01 * rng.normal(size=(20, 62))])  # the labels, nearly
+    u, sv, _ = np.linalg.svd(f, full_matrices=False)
+    s, n, best = sv**2, 20, []
+    for c in range(2):
+        x2 = (u.T @ (y == c).astype(float)) ** 2
+        values = []
+        for t in np.exp(np.linspace(-80, 10, 2000)):
+            res2 = np.sum((t / (s + t)) ** 2 * x2)
+            m2 = np.sum(s * x2 / (s + t) ** 2)
+            beta = n / (res2 + t * m2)
+            values.append(
+                (n * np.log(beta) - n - n * np.log(2 * np.pi) - np.sum(np.log1p(s / t))) / 2 / n
+            )
+        best.append(max(values))
+    assert np.mean(best) - 1e-9 <= tr.logme(f, y) <= np.mean(best) + 1e-5

@@ -102,18 +102,24 @@ def _need_two_per_class(y: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _logme_terms(s, x2, rest, t):
-    """gamma, |m|^2 and |Fm - y|^2 at alpha/beta = t, for each class (columns)."""
+    """gamma, N - gamma (less the N - k examples beyond the singular values), |m|^2 and
+    |Fm - y|^2 at alpha/beta = t, for each class (columns). N - gamma is summed from its
+    own terms t/(s + t): as n - gamma it cancels to nothing when t is tiny (F fits the
+    labels exactly), and beta with it."""
     den = np.maximum(s + t, _FLOOR)  # 0 only where s = t = 0 (all-zero features)
     gamma = (s / den).sum(axis=0)
+    free = (t / den).sum(axis=0)
     m2 = ((s / den) * (x2 / den)).sum(axis=0)
     res2 = ((t / den) ** 2 * x2).sum(axis=0) + rest
-    return gamma, m2, res2
+    return gamma, free, m2, res2
 
 
-def _logme_update(n, gamma, m2, res2):
-    """The paper's update: alpha = gamma / |m|^2, beta = (N - gamma) / |Fm - y|^2."""
+def _logme_update(n, gamma, free, m2, res2):
+    """The paper's update: alpha = gamma / |m|^2, beta = (N - gamma) / |Fm - y|^2, with
+    N - gamma = (N - k) + free (``_logme_terms``)."""
+    beyond = n - round(float(np.max(gamma + free)))  # gamma + free = k, the singular values
     alpha = gamma / np.maximum(m2, _FLOOR)
-    beta = np.maximum(n - gamma, 0.0) / np.maximum(res2, _FLOOR)
+    beta = np.maximum(beyond + free, 0.0) / np.maximum(res2, _FLOOR)
     return np.maximum(alpha, _FLOOR), np.maximum(beta, _FLOOR)
 
 
@@ -121,6 +127,14 @@ def _logme_ratio(n, s, x2, rest, t, bounds):
     """One step of the fixed point, as alpha/beta -> the next alpha/beta, kept in bounds."""
     alpha, beta = _logme_update(n, *_logme_terms(s, x2, rest, t))
     return np.clip(alpha / beta, *bounds)
+
+
+def _logme_profile(n, s, x2, rest, t):
+    """The log evidence at alpha/beta = t, maximised over beta, for each class."""
+    t = np.broadcast_to(t, (x2.shape[1],)).astype(float)
+    _, _, m2, res2 = _logme_terms(s, x2, rest, t)
+    beta = n / np.maximum(res2 + t * m2, _FLOOR)
+    return (n * np.log(beta) - n - n * np.log(2 * np.pi) - np.log1p(s / t).sum(axis=0)) / 2
 
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
@@ -166,18 +180,11 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
             up = _logme_ratio(n, s, x2, rest, np.exp(mid), bounds) > np.exp(mid)
             lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
         t = np.where(converged, t, np.exp((lo + hi) / 2))
-    alpha, beta = _logme_update(n, *_logme_terms(s, x2, rest, t))
-    t = alpha / beta
-    _, m2, res2 = _logme_terms(s, x2, rest, t)
-    # D/2 log(alpha) - 1/2 log|A| = -1/2 sum_k log(1 + s/t): the D - k zero eigenvalues of
-    # F^T F contribute log(alpha) to log|A| each, cancelling that much of D/2 log(alpha)
-    evidence = (
-        n / 2 * np.log(beta)
-        - n / 2 * np.log(2 * np.pi)
-        - beta / 2 * res2
-        - alpha / 2 * m2
-        - 0.5 * np.log1p(s / t).sum(axis=0)
-    )
+    # The evidence at alpha = t * beta with beta at its optimum for that t, N / (|Fm - y|^2
+    # + t |m|^2): D/2 log(alpha) - 1/2 log|A| = -1/2 sum_k log(1 + s/t) (the D - k zero
+    # eigenvalues of F^T F contribute log(alpha) to log|A| each). The bounds stand in for
+    # a boundary optimum (alpha or beta infinite) where the iteration stops short of it.
+    evidence = np.max([_logme_profile(n, s, x2, rest, v) for v in (t, *bounds)], axis=0)
     return float(np.mean(evidence / n))
 
 

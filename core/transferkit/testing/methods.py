@@ -10,7 +10,7 @@ import pytest
 import transferkit as tk
 from transferkit import weights as wio
 
-from .subject import Subject, reference_pair
+from .subject import Subject, reference_pair, sgd_pair
 
 STATISTICS = tk.regularizers.STATISTICS
 
@@ -88,21 +88,8 @@ class MethodConformance:
     ):
         # 8x8 images: the last stages see 1x1 feature maps; batches of 4: where the
         # BatchNorm conventions (biased or unbiased running variance) differ by 4/3
-        x = subject.inputs(4 * steps, seed=2)
-        small = None
-        if subject.spec.input_kind == "image" and subject.spec.resizable:
-            small = (8, 8, subject.spec.input_shape[-1])
-        y = np.arange(len(x)) % 3
-        ref, model = reference_pair(subject, tk.Classifier(3), tmp_path, input_shape=small)
-        weights = []
-        for m in (ref, model):
-            tk.fit(
-                m, tk.Dataset(x, y), epochs=1, batch_size=4, lr=1e-2, seed=0, verbose=0,
-                optimizer="sgd", momentum=0.0, schedule="constant", freeze=subject.policy(),
-                batchnorm="train",  # the running statistics' own update (norms.py: the rest)
-            )  # fmt: skip
-            weights.append(m.get_weights())
-        a, b = weights
+        # batchnorm="train": the running statistics' own update (norms.py tests the rest)
+        a, b = sgd_pair(subject, tmp_path, subject.inputs(4 * steps, seed=2), 1, "train")
         for k in a:
             np.testing.assert_allclose(b[k], a[k], atol=tolerance, rtol=0, err_msg=k)
 

@@ -9,7 +9,7 @@ import pytest
 
 import transferkit as tk
 
-from .subject import Subject, reference_pair
+from .subject import Subject, sgd_pair
 
 MODES = ("train", "frozen", "recalibrate")
 
@@ -42,21 +42,7 @@ class BatchNormConformance:
     def test_batchnorm_modes_match_the_reference(self, subject: Subject, tmp_path, mode):
         # SGD, 2 epochs of 3 batches on 8x8 images (1x1 maps in the last stages): the
         # running statistics and every weight agree with the reference realisation
-        x = subject.inputs(12, seed=4)
-        small = None
-        if subject.spec.input_kind == "image" and subject.spec.resizable:
-            small = (8, 8, subject.spec.input_shape[-1])
-        y = np.arange(len(x)) % 3
-        ref, model = reference_pair(subject, tk.Classifier(3), tmp_path, input_shape=small)
-        weights = []
-        for m in (ref, model):
-            tk.fit(
-                m, tk.Dataset(x, y), epochs=2, batch_size=4, lr=1e-2, seed=0, verbose=0,
-                optimizer="sgd", momentum=0.0, schedule="constant", freeze=subject.policy(),
-                batchnorm=mode,
-            )  # fmt: skip
-            weights.append(m.get_weights())
-        a, b = weights
+        a, b = sgd_pair(subject, tmp_path, subject.inputs(12, seed=4), 2, mode)
         for k in a:
             np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
 

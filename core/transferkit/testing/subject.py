@@ -234,3 +234,23 @@ def reference_pair(
     wio.save(backbone, tmp_path / "backbone.safetensors")
     weights = tmp_path / "backbone.safetensors"
     return ref, tk.build(subject.backbone, weights=weights, **same)
+
+
+def sgd_pair(
+    subject: Subject, tmp_path: Path, x: Any, epochs: int, batchnorm: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The reference realisation and the subject, from the same weights, after plain SGD
+    (lr 1e-2, batches of 4, no momentum) on ``x`` in 3 classes; images at 8x8, where the
+    last stages see 1x1 feature maps. Their weights, BatchNorm statistics included."""
+    small = None
+    if subject.spec.input_kind == "image" and subject.spec.resizable:
+        small = (8, 8, subject.spec.input_shape[-1])
+    y = np.arange(len(x)) % 3
+    ref, model = reference_pair(subject, tk.Classifier(3), tmp_path, input_shape=small)
+    for m in (ref, model):
+        tk.fit(
+            m, tk.Dataset(x, y), epochs=epochs, batch_size=4, lr=1e-2, seed=0, verbose=0,
+            optimizer="sgd", momentum=0.0, schedule="constant", freeze=subject.policy(),
+            batchnorm=batchnorm,
+        )  # fmt: skip
+    return ref.get_weights(), model.get_weights()

@@ -65,8 +65,8 @@ def one_seed(task: str, seed: int) -> list[dict]:
         scores, seconds = {}, {}
         for metric in METRICS:
             t1 = time.perf_counter()
-            options = {"seed": seed} if metric in ("probe", "nleep") else {}
-            scores[metric] = transferability.score(metric, features, train.y, **options)
+            seeded = {"seed": seed} if metric in ("probe", "nleep") else {}
+            scores[metric] = transferability.score(metric, features, train.y, **seeded)
             seconds[metric] = feature_s + time.perf_counter() - t1
         t2 = time.perf_counter()
         tk.fit(model, train, freeze=tk.freeze.FeatureExtraction(), verbose=0, seed=seed)

@@ -191,8 +191,18 @@ class FlaxEngine(Engine):
             if name in arrays:
                 var.set_value(jnp.asarray(_from_canonical(np.asarray(arrays[name]), leaf)))
         self._eval_cache = None
-        if self._train is not None:  # re-split so training continues from these weights
-            self._split_for_training()
+        if self._train is not None:  # training continues from these weights
+            self._refresh_training_state()
+
+    def _refresh_training_state(self) -> None:
+        """Re-read parameters and statistics into the training state (after
+        ``set_weights``); the compiled step and the optimizer state stay as they are."""
+        t = self._train
+        _, tr, fr, st = nnx.split(
+            self.native, nnx.All(nnx.Param, self._trainable), nnx.Param, nnx.BatchStat
+        )
+        t["tr"], t["fr"], t["st"] = self._place((tr, fr, st))
+        t["dirty"] = False
 
     # --- inference --------------------------------------------------------------------
     def _put(self, x: np.ndarray) -> tuple[Any, int]:
@@ -283,20 +293,20 @@ class FlaxEngine(Engine):
             return "head"
         return self.spec.group_of(_name(path[1:-1]) + "." + _LEAF[str(path[-1])])
 
+    def _trainable(self, path: tuple, _value: Any) -> bool:
+        group = self._group(path)
+        return self.multiples[group] > 0 and not (self.head_only and group != "head")
+
     def _split_for_training(self, opt_leaves: dict[str, Any] | None = None) -> None:
         if opt_leaves is None and self._train is not None:
             opt_leaves = _keystr_leaves(self._train["opt"])
-
-        def trainable(path, _value) -> bool:
-            group = self._group(path)
-            return self.multiples[group] > 0 and not (self.head_only and group != "head")
 
         for m, group in self._norms:  # frozen BatchNorm uses its running statistics
             m.use_running_average = (
                 self.head_only or self.multiples[group] == 0 or self.batchnorm == "frozen"
             )
         graph, tr, fr, st = nnx.split(
-            self.native, nnx.All(nnx.Param, trainable), nnx.Param, nnx.BatchStat
+            self.native, nnx.All(nnx.Param, self._trainable), nnx.Param, nnx.BatchStat
         )
         mults = jax.tree_util.tree_map_with_path(
             lambda p, _: self.multiples[self._group(tuple(k.key for k in p if hasattr(k, "key")))],

@@ -65,6 +65,15 @@ def test_bad_candidates_are_named_before_any_work(digits):
         tk.rank(["torch:cnn"], digits, metric="logmee")
     with pytest.raises(errors.ConfigError, match="needs candidates"):
         tk.rank([], digits)
+    with pytest.raises(errors.ConfigError, match="'torch:resnet18' has no pretrained weights"):
+        tk.rank(["torch:cnn", "torch:resnet18"], digits)
+
+
+def test_a_pattern_ranks_the_backbones_with_weights(digits):
+    ranking = tk.rank(["torch:*"], digits, input_shape=(32, 32, 3), verbose=0)
+    names = {r.name for r in ranking.rows}
+    assert {"torch:cnn", "torch:efficientnet_lite0"} <= names
+    assert "torch:resnet18" not in names  # no pretrained weights ship
 
 
 def test_cli_rank(tmp_path, capsys):

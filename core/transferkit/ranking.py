@@ -163,10 +163,12 @@ def _expand(candidates: Any, kind: str) -> list[tuple[str, dict[str, Any], Any]]
                 f"rank(): a candidate must be a name, a model or (name, dict), got {c!r}"
             )
         if any(ch in name for ch in "*?["):
-            found = [
+            found = [  # installed, of the data's kind, with weights to rank
                 s.name
                 for s in list_backbones(name)
-                if s.input_kind == kind and not reg.frameworks[s.framework].missing()
+                if s.input_kind == kind
+                and not reg.frameworks[s.framework].missing()
+                and (_pretrained(s) or "weights" in options)
             ]
             if not found:
                 raise ConfigError(
@@ -177,6 +179,11 @@ def _expand(candidates: Any, kind: str) -> list[tuple[str, dict[str, Any], Any]]
             continue
         spec = _spec(name)  # an unknown name is named here, with the closest ones
         reg.frameworks[spec.framework].ensure_installed()
+        if not (_pretrained(spec) or "weights" in options):
+            raise ConfigError(
+                f"rank(): {name!r} has no pretrained weights; rank it as ({name!r}, "
+                '{"weights": None}) (a random start) or with {"weights": "file.safetensors"}'
+            )
         out.append((name, dict(options), None))
     for name, _, model in out:
         spec = model.spec if model is not None else _spec(name)
@@ -186,6 +193,10 @@ def _expand(candidates: Any, kind: str) -> list[tuple[str, dict[str, Any], Any]]
                 "leave it out or rank it on other data"
             )
     return out
+
+
+def _pretrained(spec: Any) -> bool:
+    return spec.weights is not None or spec.loads_pretrained
 
 
 def source_classifier(spec: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -229,7 +240,8 @@ def rank(
     ``candidates``: backbone names or patterns (``"torch:*"``: the installed backbones
     that take the data's kind of input), built models, or ``(name, build options)``
     pairs (``("torch:resnet18", {"weights": None})``), from any installed framework,
-    mixed. ``input_shape`` applies to candidates built here that are not given one.
+    mixed; patterns and names need pretrained weights unless the options say otherwise.
+    ``input_shape`` applies to the resizable candidates built here not given their own.
 
     Example::
 
@@ -263,7 +275,9 @@ def rank(
     for i, (name, options, model) in enumerate(chosen, 1):
         t0 = time.perf_counter()
         if model is None:
-            opts = {"input_shape": input_shape, "seed": seed, **options}
+            opts = {"seed": seed, **options}
+            if input_shape is not None and _spec(name).resizable:
+                opts.setdefault("input_shape", input_shape)
             model = build(name, head=Classifier(classes), **opts)
         if show:
             print(f"rank: {i}/{len(chosen)} {name}: features of {len(y)} examples",

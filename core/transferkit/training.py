@@ -187,6 +187,8 @@ class Trainer:
         x, y = self._inputs(train, "train")
         xv, yv = self._inputs(val, "val") if val is not None else (None, None)
         cached = self.uses_feature_cache()
+        if self.batchnorm == "recalibrate" and not cached:
+            bn.check_recalibration(len(y))
         st = TrainState.load(resume_from) if resume_from is not None else None
         if self.policy.peft is not None:
             model.add_peft(self.policy.peft)
@@ -203,8 +205,6 @@ class Trainer:
             self.rng.bit_generator.state = st.rng
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
         self.penalty = self._penalty(st)  # anchored before any step
-        if self.batchnorm == "recalibrate" and not cached:
-            bn.check_recalibration(len(y))
         engine.start_training(self.optimizer, self.seed)
         engine.set_penalty(self.penalty)
         engine.batchnorm = "frozen" if self.batchnorm == "frozen" else "train"

@@ -43,6 +43,9 @@ def test_layer_scores_suggest_what_to_train(digits):
     best = max(row.layers, key=row.layers.get)
     n = 3 - ["stage1", "stage2", "stage3", "stage4"].index(best)
     assert row.suggested_freeze == (f"TrainLast({n})" if n else "FeatureExtraction()")
+    policy = row.freeze_policy()
+    assert isinstance(policy, tk.freeze.TrainLast if n else tk.freeze.FeatureExtraction)
+    assert getattr(policy, "n", 0) == n
 
 
 def test_leep_needs_a_source_classifier(digits):

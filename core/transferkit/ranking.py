@@ -41,6 +41,16 @@ class Candidate:
     #: with ``layers=True``: what to train (``"TrainLast(2)"``, ``"FeatureExtraction()"``)
     suggested_freeze: str | None = None
 
+    def freeze_policy(self) -> Any:
+        """``suggested_freeze`` as a ``tk.freeze`` policy (None without layer scores)."""
+        from . import freeze
+
+        if self.suggested_freeze is None:
+            return None
+        if self.suggested_freeze.startswith("TrainLast("):
+            return freeze.TrainLast(int(self.suggested_freeze[len("TrainLast(") : -1]))
+        return freeze.FeatureExtraction()
+
 
 @dataclass
 class Ranking:

@@ -38,9 +38,6 @@ class Inputs:
         else:
             self.kind, self.x = "prepared", model.prepare(x)
 
-    def __len__(self) -> int:
-        return len(self.x)
-
     def plain(self, idx: np.ndarray) -> Any:
         """The examples ``idx`` as the engine takes them, never augmented."""
         if self.kind != "raw":

@@ -72,12 +72,12 @@ def recalibrate(
     groups: Collection[str],
     bounds: list[tuple[int, int]],
     batch: Callable[[np.ndarray], Any],
-) -> int:
+) -> None:
     """Replace the running statistics of every BatchNorm in ``groups`` with their average
     over one pass of the training batches ``bounds`` in order (each batch weighted by its
-    size; ``batch(indices)`` gives the prepared inputs). Returns how many layers."""
+    size; ``batch(indices)`` gives the prepared inputs)."""
     if not layers(model, groups):
-        return 0
+        return
     sums: dict[str, np.ndarray] = {}
     for lo, hi in bounds:
         stats = model.engine.batch_statistics(batch(np.arange(lo, hi)), tuple(groups))
@@ -85,7 +85,6 @@ def recalibrate(
             sums[key] = sums.get(key, 0.0) + (hi - lo) * np.asarray(value, np.float64)
     total = bounds[-1][1] - bounds[0][0]
     model.engine.set_weights({k: (v / total).astype(np.float32) for k, v in sums.items()})
-    return len(sums) // 2
 
 
 def check_gap(model: Model, mode: str, loss: float, logits: np.ndarray, y: np.ndarray) -> None:

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from . import cli_deploy
 from .cli_choose import add_parsers, lr_value
 from .errors import ConfigError, ModelDirError, TransferkitError
 from .runconfig import FIT_SCHEMA, load_labelled, run_config
@@ -297,6 +298,7 @@ def parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_pretrain)
 
     add_parsers(sub)  # rank, find-lr, search
+    cli_deploy.add_parsers(sub)  # predict, export
 
     bn = sub.add_parser("bench", help="benchmark one transfer task across frameworks")
     bn.add_argument("--suite", default="default", help="suite name or .toml path")

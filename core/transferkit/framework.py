@@ -26,6 +26,7 @@ import numpy as np
 
 from .catalog import BackboneSpec
 from .errors import ConfigError, FrameworkNotInstalledError, WeightsError
+from .formats import ExportFormat, Serving
 from .heads import Head
 from .options import DEVICE, BuildOption, check_device
 from .regularizers import Penalty
@@ -351,6 +352,24 @@ class Framework(ABC):
     libraries: tuple[str, ...] = ()
     #: environment defaults of a fresh process that runs it (the user's settings win)
     process_env: tuple[tuple[str, str], ...] = ()
+
+    # --- deployment (``model.export``, ``transferkit export``) ------------------------
+    #: the formats this framework writes from its realisation of a model
+    exports: tuple[ExportFormat, ...] = ()
+
+    def export(self, model: Any, path: Path, fmt: str, serving: Serving) -> None:
+        """Write ``model`` (a built :class:`~transferkit.Model` of this framework, in
+        inference mode) as format ``fmt`` to ``path`` (a file with the format's suffix,
+        or a directory), computing ``serving``, with a dynamic batch size. Core has
+        checked the format's modules are installed, and checks the result with
+        :meth:`run_exported` after this returns. May import the framework."""
+        raise ConfigError(f"framework {self.name!r} exports no format")
+
+    def run_exported(self, path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
+        """Run an exported model at ``path`` on ``x`` (inputs as :class:`Serving` says)
+        with the format's own runtime (ONNX Runtime, the LiteRT interpreter, ...), not
+        through transferkit's model; returns its outputs as numpy."""
+        raise ConfigError(f"framework {self.name!r} exports no format")
 
     def variants(self) -> tuple[Variant, ...]:
         """Its per-process variants (Keras's backends): ``framework[variant]``."""

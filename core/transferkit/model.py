@@ -26,6 +26,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ASSETS = "assets"
 PRETRAINED = "pretrained"
+PREDICT_OUTPUTS = ("probabilities", "labels", "indices")
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,26 @@ class Model:
         """Raw head outputs: logits for a classifier, values for a regressor."""
         return self._run(self.engine.predict, x, batch_size)
 
-    def predict(self, x: Any, batch_size: int = 128) -> np.ndarray:
-        """Class probabilities ``(N, num_classes)`` for a classifier (take ``.argmax(1)``
-        for labels), predicted values ``(N, outputs)`` for a regressor."""
+    def predict(self, x: Any, batch_size: int = 128, output: str = "probabilities") -> np.ndarray:
+        """Class probabilities ``(N, num_classes)`` for a classifier, predicted values
+        ``(N, outputs)`` for a regressor. ``output="labels"``: a classifier's predicted
+        class names ``(N,)`` (indices as strings when the model has no names);
+        ``"indices"``: the predicted class indices."""
+        output = validate.choice("predict(output)", output, PREDICT_OUTPUTS)
+        if output != "probabilities" and not isinstance(self.head, Classifier):
+            raise ConfigError(
+                f"predict(output={output!r}) needs a classifier; this model's head is a "
+                f"{self.head.task} head: use the default output='probabilities' (values)"
+            )
         out = self.logits(x, batch_size)
-        if isinstance(self.head, Classifier):
-            return np.exp(metrics.log_softmax(out.astype(np.float64))).astype(np.float32)
-        return out
+        if not isinstance(self.head, Classifier):
+            return out
+        if output == "indices":
+            return out.argmax(1)
+        if output == "labels":
+            names = self.classes or [str(i) for i in range(self.head.outputs)]
+            return np.asarray(names, dtype=object)[out.argmax(1)]
+        return np.exp(metrics.log_softmax(out.astype(np.float64))).astype(np.float32)
 
     def evaluate(self, data: Dataset, batch_size: int = 128) -> dict[str, float]:
         """Loss and metrics on labelled data (a ``tk.Dataset`` or an ``(x, y)`` pair):
@@ -209,6 +223,17 @@ class Model:
             "peft": self.peft,
             "batchnorm": self.batchnorm,
         }
+
+    def export(self, path: str | Path, format: str) -> Path:
+        """Write the model for deployment (``"onnx"``, ``"torch-export"``,
+        ``"savedmodel"``, ``"tflite"``, ``"jax"``), through whichever framework owns the
+        format, and check its outputs against this model's; see ``transferkit.export``.
+
+        >>> model.export("digits.onnx", format="onnx")  # doctest: +SKIP
+        """
+        from .export import export
+
+        return export(self, path, format)
 
     def save(self, path: str | Path) -> Path:
         """Save backbone + head + config as a directory (safetensors + JSON).

@@ -71,7 +71,7 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     if framework is not None:
         validate.string("load(framework)", framework)
     if framework is not None and framework != cfg.get("framework"):
-        name = _realisation(cfg, framework)
+        name = realisation(cfg, framework)
     try:
         arrays = wio.read(w_file)
     except WeightsError as e:
@@ -146,7 +146,7 @@ def read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _realisation(cfg: dict[str, Any], framework: str) -> str:
+def realisation(cfg: dict[str, Any], framework: str) -> str:
     arch = cfg.get("arch")
     reg = registry()
     reg.framework(framework)

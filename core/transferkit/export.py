@@ -1,0 +1,216 @@
+"""Export a fitted model to a deployment format: ``model.export(path, format=...)`` and
+``transferkit export``.
+
+Each format belongs to the framework whose machinery writes it (ONNX and ``torch.export``
+programs to PyTorch, SavedModel and LiteRT to Keras, ``jax.export`` to Flax), and each
+framework declares its formats (:attr:`Framework.exports`). Because the weights are
+canonical, a model fitted in any framework is exported through the framework that owns
+the format: the same weights are realised there first. Every export is run with the
+format's own runtime right after writing and compared with transferkit's predictions; a
+difference above the format's tolerance fails the export and leaves nothing behind.
+Beside the export, ``<path>.json`` records the input it expects, the output, the class
+names and the measured difference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import validate
+from .errors import ConfigError, FrameworkNotInstalledError, TransferkitError
+from .formats import ExportFormat, Serving
+from .heads import Classifier
+from .plugins import registry
+
+#: inputs the check after writing runs (a batch size the export was not traced with)
+CHECK_BATCH = 3
+
+
+class ExportError(TransferkitError):
+    """An export that could not be written, or whose outputs differ from the model's."""
+
+
+def formats() -> dict[str, tuple[str, ExportFormat]]:
+    """Every format an installed framework declares: name -> (framework, format)."""
+    out: dict[str, tuple[str, ExportFormat]] = {}
+    reg = registry()
+    for name, fw in sorted(reg.frameworks.items()):
+        for fmt in fw.exports:
+            out.setdefault(fmt.name, (name, fmt))
+    return out
+
+
+def _arch_frameworks(arch: str | None) -> set[str]:
+    if not arch:
+        return set()
+    return {s.framework for s in registry().catalog.filter() if s.arch == arch}
+
+
+def formats_for(spec: Any, peft: dict[str, Any] | None = None) -> list[str]:
+    """The formats a backbone exports to: its own framework's, and those of every
+    framework that realises its architecture. A model with LoRA modules exports to
+    none (merge-free LoRA graphs are not exported)."""
+    if peft:
+        return []
+    owners = {spec.framework} | _arch_frameworks(spec.arch)
+    return [name for name, (fw, _) in formats().items() if fw in owners]
+
+
+def _check_format(model: Any, fmt_name: str) -> tuple[str, ExportFormat]:
+    known = formats()
+    if fmt_name not in known:
+        raise ConfigError(
+            f"unknown export format {fmt_name!r}; the installed frameworks export to "
+            f"{', '.join(sorted(known)) or 'nothing'}"
+        )
+    owner, fmt = known[fmt_name]
+    if model.peft:
+        raise ConfigError(
+            f"a model with {model.peft.get('kind', 'peft')!r} modules cannot be exported yet; "
+            "export a model fitted with another freeze policy"
+        )
+    if model.spec.input_kind == "text":
+        raise ConfigError(
+            f"{model.spec.name!r} takes text: exporting text encoders (with their tokenizer) "
+            "is not supported yet; image and vector models export"
+        )
+    able = formats_for(model.spec)
+    if fmt_name not in able:
+        raise ConfigError(
+            f"{model.spec.name!r} cannot be exported to {fmt_name!r}: that format is written "
+            f"by {owner}, which has no realisation of this architecture; it exports to "
+            f"{', '.join(able) or 'no format'}"
+            + (" (ONNX from Keras would need tf2onnx)" if fmt_name == "onnx" else "")
+        )
+    fw = registry().framework(owner)
+    fw.ensure_installed()
+    missing = [m for m in fmt.requires if not _installed(m)]
+    if missing:
+        raise FrameworkNotInstalledError(
+            f"exporting to {fmt_name!r} needs {', '.join(missing)}, which is not installed. "
+            f"Install it with: pip install 'transferkit[{fmt.extra}]'"
+        )
+    return owner, fmt
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def realise(model: Any, framework: str) -> Any:
+    """The same model (architecture, head, weights, classes) built in ``framework``."""
+    if framework == model.framework:
+        return model
+    from .builder import build
+    from .saving import realisation
+
+    name = realisation(model.config(), framework)
+    twin = build(
+        name, head=model.head, weights=None, input_shape=model.input_shape, classes=model.classes
+    )
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def serving(model: Any) -> Serving:
+    output = "probabilities" if isinstance(model.head, Classifier) else "values"
+    return Serving(
+        model.spec.input_kind,
+        tuple(model.input_shape),
+        tuple(float(m) for m in model.spec.mean),
+        tuple(float(s) for s in model.spec.std),
+        output,
+    )
+
+
+def check_inputs(model: Any, n: int = CHECK_BATCH, seed: int = 0) -> np.ndarray:
+    """Inputs as a user has them (images in [0, 1]), for the check after writing."""
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *model.input_shape), dtype=np.float32)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def export(model: Any, path: str | Path, format: str) -> Path:
+    """Write ``model`` as ``format`` to ``path`` and check it (see the module docstring).
+
+    ``path`` is the file (``model.onnx``) or, for a directory format (``savedmodel``),
+    the directory. Returns ``path``; the sidecar ``<path>.json`` says what the export
+    takes and returns."""
+    validate.string("export(format)", format)
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ConfigError(f"export() needs a file or directory path, got {path!r:.60}")
+    owner, fmt = _check_format(model, format)
+    path = Path(path)
+    if fmt.suffix and path.suffix != fmt.suffix:
+        path = path.with_name(path.name + fmt.suffix)
+    ours = (path.parent / f"{path.name}.json").is_file()
+    if path.is_dir() and not fmt.suffix and any(path.iterdir()) and not ours:
+        raise ConfigError(
+            f"{str(path)!r} is a directory with files that no transferkit export wrote; "
+            "choose another path"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = serving(model)
+    tmp = path.with_name(f".{path.name}.tmp-export")
+    _remove(tmp)
+    x = check_inputs(model)
+    expected = model.predict(x)  # transferkit's own, in the model's own framework
+    fw = registry().framework(owner)
+    try:
+        fw.export(realise(model, owner), tmp, format, spec)
+        got = np.asarray(fw.run_exported(tmp, format, x), dtype=np.float64)
+    except TransferkitError:
+        _remove(tmp)
+        raise
+    except Exception as e:  # the framework's own error, named as the export's
+        _remove(tmp)
+        raise ExportError(
+            f"exporting {model.spec.name!r} to {format!r} through {owner} failed: "
+            f"{type(e).__name__}: {str(e)[:500]}"
+        ) from e
+    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else np.inf
+    if not diff <= fmt.tolerance:
+        _remove(tmp)
+        raise ExportError(
+            f"the {format!r} export of {model.spec.name!r} does not compute what the model "
+            f"does: outputs of shape {got.shape} differ from transferkit's {expected.shape} by "
+            f"up to {diff:.3g} (tolerance {fmt.tolerance:g}); nothing was written"
+        )
+    _remove(path)
+    tmp.rename(path)
+    meta = {
+        "format": format,
+        "file": path.name,
+        "exported_by": owner,
+        "fitted_in": model.framework,
+        "backbone": model.spec.name,
+        "input": {
+            "kind": spec.input_kind,
+            "shape": ["batch", *spec.input_shape],
+            "dtype": "float32",
+            "range": "[0, 1]" if spec.input_kind == "image" else None,
+            "layout": "channels-last" if spec.input_kind == "image" else None,
+            "normalisation": {"mean": spec.mean, "std": spec.std, "inside": True},
+        },
+        "output": spec.output,
+        "classes": model.classes,
+        "check": {"inputs": CHECK_BATCH, "max_abs_diff": diff, "tolerance": fmt.tolerance},
+    }
+    (path.parent / f"{path.name}.json").write_text(json.dumps(meta, indent=2))
+    return path

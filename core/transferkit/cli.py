@@ -19,6 +19,7 @@ from .runconfig import FIT_SCHEMA, load_labelled, run_config
 
 def _backbones(args: argparse.Namespace) -> int:
     from .builder import list_backbones
+    from .export import formats_for
     from .plugins import registry
 
     specs = list_backbones(args.pattern, args.framework, tuple(args.tag or ()))
@@ -37,6 +38,7 @@ def _backbones(args: argparse.Namespace) -> int:
                         "groups": list(s.group_names),
                         "tags": list(s.tags),
                         "weights": s.weights.description if s.weights else None,
+                        "exports": [] if s.input_kind == "text" else formats_for(s),
                     }
                     for s in specs
                 ],

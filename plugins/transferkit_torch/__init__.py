@@ -7,6 +7,7 @@ registered as metadata; torch is imported when a model is built.
 from __future__ import annotations
 
 from transferkit import hookimpl
+from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
@@ -24,6 +25,21 @@ class TorchFramework(Framework):
         Baseline("eager", "transferkit_torch.baselines:Eager"),
         Baseline("compile", "transferkit_torch.baselines:Compiled", isolated=True),
     )
+    exports = (
+        ExportFormat(
+            "onnx",
+            ".onnx",
+            requires=("onnx", "onnxscript", "onnxruntime"),
+            tolerance=1e-4,
+            description="ONNX through torch.onnx.export, checked with ONNX Runtime",
+        ),
+        ExportFormat(
+            "torch-export",
+            ".pt2",
+            tolerance=1e-5,
+            description="a torch.export program (torch.export.save)",
+        ),
+    )
 
     def device_name(self, model):
         from .baselines import device_name
@@ -34,6 +50,16 @@ class TorchFramework(Framework):
         from .baselines import count_macs
 
         return count_macs(model)
+
+    def export(self, model, path, fmt, serving):
+        from .export import export
+
+        export(model, path, fmt, serving)
+
+    def run_exported(self, path, fmt, x):
+        from .export import run_exported
+
+        return run_exported(path, fmt, x)
 
     def build(self, spec, head, input_shape, seed=0, **options):
         from .engine import build_engine

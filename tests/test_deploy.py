@@ -122,7 +122,8 @@ def test_export_refuses_what_it_cannot_do(saved, tmp_path, monkeypatch):
     monkeypatch.setattr(type(fw), "exports", (fake,) + tuple(
         f for f in fw.exports if f.name != "torch-export"
     ))  # fmt: skip
-    with pytest.raises(FrameworkNotInstalledError, match=r"not_a_module_xyz.*transferkit\[export\]"):
+    match = r"not_a_module_xyz.*transferkit\[export\]"
+    with pytest.raises(FrameworkNotInstalledError, match=match):
         model.export(tmp_path / "m", format="torch-export")
 
 

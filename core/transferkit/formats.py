@@ -13,7 +13,8 @@ class ExportFormat:
     """A deployment format a framework writes (:attr:`Framework.exports`): ``suffix`` of
     the file it writes (``""``: a directory), the modules it needs besides the framework
     (each a ``pip install 'transferkit[<extra>]'`` away), and the largest absolute
-    difference from transferkit's own predictions the check after writing accepts."""
+    difference from transferkit's own predictions the check after writing accepts
+    (scaled by the largest output where that exceeds 1)."""
 
     name: str
     suffix: str

@@ -7,6 +7,7 @@ as metadata; jax and flax are imported when a model is built.
 from __future__ import annotations
 
 from transferkit import hookimpl
+from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, BuildOption, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
@@ -31,6 +32,25 @@ class FlaxFramework(Framework):
     baselines = (Baseline("jit", "transferkit_flax.baselines:Jit"),)
     libraries = ("jax", "jaxlib", "flax", "optax")
     process_env = (("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),)  # share a GPU politely
+    exports = (
+        ExportFormat(
+            "jax",
+            ".jax",
+            tolerance=1e-4,
+            description="a serialized jax.export function with its parameters "
+            "(jax.export.deserialize(...).call(x)), any batch size",
+        ),
+    )
+
+    def export(self, model, path, fmt, serving):
+        from .export import export
+
+        export(model, path, fmt, serving)
+
+    def run_exported(self, path, fmt, x):
+        from .export import run_exported
+
+        return run_exported(path, fmt, x)
 
     def device_name(self, model):
         from .baselines import device_name

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from transferkit import hookimpl
+from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, BuildOption, Framework, Variant
 from transferkit.reference import REFERENCE, reference_spec
 
@@ -56,6 +57,34 @@ class KerasFramework(Framework):
     baselines = (Baseline("fit", "transferkit_keras.baselines:Fit"),)
     libraries = ("keras", "tensorflow", "tensorflow-cpu")
     process_env = (("TF_CPP_MIN_LOG_LEVEL", "2"), ("XLA_PYTHON_CLIENT_PREALLOCATE", "false"))
+    exports = (
+        ExportFormat(
+            "savedmodel",
+            "",
+            requires=("tensorflow",),
+            tolerance=1e-4,
+            description="a TensorFlow SavedModel directory, endpoint 'serve' "
+            "(tf.saved_model.load(dir).serve(x)); tensorflow or jax backend",
+        ),
+        ExportFormat(
+            "tflite",
+            ".tflite",
+            requires=("tensorflow", "ai_edge_litert"),
+            tolerance=1e-5,
+            description="a LiteRT (TFLite) flatbuffer, built-in operators, any batch size "
+            "(resize_tensor_input, then allocate_tensors); tensorflow or jax backend",
+        ),
+    )
+
+    def export(self, model, path, fmt, serving):
+        from .export import export
+
+        export(model, path, fmt, serving)
+
+    def run_exported(self, path, fmt, x):
+        from .export import run_exported
+
+        return run_exported(path, fmt, x)
 
     def variants(self):
         """Keras's backends, one per process: ``keras[jax]`` sets ``KERAS_BACKEND=jax``."""

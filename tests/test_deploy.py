@@ -158,3 +158,41 @@ def test_export_refuses_lora_and_text(tmp_path):
     model.peft = {"kind": "lora", "r": 2}
     with pytest.raises(ConfigError, match="'lora' modules cannot be exported"):
         model.export(tmp_path / "m.onnx", format="onnx")
+
+
+def test_backbones_json_lists_export_formats(capsys):
+    formats = set(tk_export.formats())
+    assert main(["backbones", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows["torch:cnn"]["exports"]) == formats
+    if "flax:resnet18" in rows:
+        assert set(rows["flax:resnet18"]["exports"]) == formats  # through torch and keras
+    if "keras:resnet50" in rows:
+        assert set(rows["keras:resnet50"]["exports"]) == formats & {"savedmodel", "tflite"}
+    if "hf:all-MiniLM-L6-v2" in rows:
+        assert rows["hf:all-MiniLM-L6-v2"]["exports"] == []
+
+
+@pytest.mark.parametrize(
+    ("fitted_in", "fmt"), [("keras", "torch-export"), ("flax", "savedmodel"), ("keras", "jax")]
+)
+def test_fitted_in_one_framework_exported_through_another(fitted_in, fmt, tmp_path):
+    """Each owner of a format takes a model fitted elsewhere: the realisation carries the
+    fitted weights (BatchNorm statistics included), so the export computes what the
+    fitted model does."""
+    pytest.importorskip(fitted_in)
+    if fmt not in tk_export.formats():
+        pytest.skip(f"no {fmt} format registered")
+    rng = np.random.default_rng(1)
+    x = rng.random((16, 16, 16, 3), dtype=np.float32)
+    y = np.arange(16) % 2
+    m = tk.build(f"{fitted_in}:cnn", head=tk.Classifier(2), weights=None, input_shape=(16, 16, 3))
+    tk.fit(m, (x, y), epochs=1, batch_size=8, verbose=0)
+    path = m.export(tmp_path / "m", format=fmt)
+    meta = json.loads((tmp_path / f"{path.name}.json").read_text())
+    owner, _ = tk_export.formats()[fmt]
+    assert (meta["fitted_in"], meta["exported_by"]) == (fitted_in, owner) != (owner, owner)
+    from transferkit.plugins import registry
+
+    got = registry().framework(owner).run_exported(path, fmt, x[:5])
+    np.testing.assert_allclose(got, m.predict(x[:5]), atol=1e-4)

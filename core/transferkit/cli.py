@@ -38,7 +38,7 @@ def _backbones(args: argparse.Namespace) -> int:
                         "groups": list(s.group_names),
                         "tags": list(s.tags),
                         "weights": s.weights.description if s.weights else None,
-                        "exports": [] if s.input_kind == "text" else formats_for(s),
+                        "exports": formats_for(s),
                     }
                     for s in specs
                 ],

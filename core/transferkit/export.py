@@ -35,20 +35,36 @@ class ExportError(TransferkitError):
     """An export that could not be written, or whose outputs differ from the model's."""
 
 
-def formats() -> dict[str, tuple[str, ExportFormat]]:
-    """Every format an installed framework declares: name -> (framework, format)."""
-    out: dict[str, tuple[str, ExportFormat]] = {}
-    reg = registry()
-    for name, fw in sorted(reg.frameworks.items()):
+def owners() -> dict[str, list[tuple[str, ExportFormat]]]:
+    """Every format an installed framework declares: name -> [(framework, format)]."""
+    out: dict[str, list[tuple[str, ExportFormat]]] = {}
+    for name, fw in sorted(registry().frameworks.items()):
         for fmt in fw.exports:
-            out.setdefault(fmt.name, (name, fmt))
+            out.setdefault(fmt.name, []).append((name, fmt))
     return out
 
 
-def _arch_frameworks(arch: str | None) -> set[str]:
-    if not arch:
-        return set()
-    return {s.framework for s in registry().catalog.filter() if s.arch == arch}
+def formats() -> dict[str, tuple[str, ExportFormat]]:
+    """Every format, with the framework that writes it for the reference architectures
+    (the one whose layouts are canonical where it declares the format)."""
+    ref = registry().reference_framework()
+    return {
+        name: next(((f, x) for f, x in pairs if f == ref), pairs[0])
+        for name, pairs in sorted(owners().items())
+    }
+
+
+def _owner(spec: Any, fmt_name: str) -> tuple[str, ExportFormat] | None:
+    """The framework that writes ``fmt_name`` for ``spec``: its own framework where that
+    declares the format, else one that realises its architecture (canonical first)."""
+    pairs = owners().get(fmt_name, [])
+    own = [p for p in pairs if p[0] == spec.framework]
+    if own:
+        return own[0]
+    able = {s.framework for s in registry().catalog.filter() if spec.arch and s.arch == spec.arch}
+    ref = registry().reference_framework()
+    others = sorted((p for p in pairs if p[0] in able), key=lambda p: p[0] != ref)
+    return others[0] if others else None
 
 
 def formats_for(spec: Any, peft: dict[str, Any] | None = None) -> list[str]:
@@ -57,36 +73,31 @@ def formats_for(spec: Any, peft: dict[str, Any] | None = None) -> list[str]:
     none (merge-free LoRA graphs are not exported)."""
     if peft:
         return []
-    owners = {spec.framework} | _arch_frameworks(spec.arch)
-    return [name for name, (fw, _) in formats().items() if fw in owners]
+    return [name for name in sorted(owners()) if _owner(spec, name)]
 
 
 def _check_format(model: Any, fmt_name: str) -> tuple[str, ExportFormat]:
-    known = formats()
+    known = owners()
     if fmt_name not in known:
         raise ConfigError(
             f"unknown export format {fmt_name!r}; the installed frameworks export to "
             f"{', '.join(sorted(known)) or 'nothing'}"
         )
-    owner, fmt = known[fmt_name]
     if model.peft:
         raise ConfigError(
             f"a model with {model.peft.get('kind', 'peft')!r} modules cannot be exported yet; "
             "export a model fitted with another freeze policy"
         )
-    if model.spec.input_kind == "text":
-        raise ConfigError(
-            f"{model.spec.name!r} takes text: exporting text encoders (with their tokenizer) "
-            "is not supported yet; image and vector models export"
-        )
-    able = formats_for(model.spec)
-    if fmt_name not in able:
+    found = _owner(model.spec, fmt_name)
+    if found is None:
+        writers = ", ".join(f for f, _ in known[fmt_name])
         raise ConfigError(
             f"{model.spec.name!r} cannot be exported to {fmt_name!r}: that format is written "
-            f"by {owner}, which has no realisation of this architecture; it exports to "
-            f"{', '.join(able) or 'no format'}"
+            f"by {writers}, which has no realisation of this architecture; it exports to "
+            f"{', '.join(formats_for(model.spec)) or 'no format'}"
             + (" (ONNX from Keras would need tf2onnx)" if fmt_name == "onnx" else "")
         )
+    owner, fmt = found
     fw = registry().framework(owner)
     fw.ensure_installed()
     missing = [m for m in fmt.requires if not _installed(m)]
@@ -133,10 +144,26 @@ def serving(model: Any) -> Serving:
     )
 
 
-def check_inputs(model: Any, n: int = CHECK_BATCH, seed: int = 0) -> np.ndarray:
-    """Inputs as a user has them (images in [0, 1]), for the check after writing."""
+#: texts of different lengths (padding and the mask count), for a text model's check
+CHECK_TEXTS = (
+    "Shares rose sharply after the company reported record profits.",
+    "The match ended in a draw",
+    "A new film opens this weekend in cinemas across the country, with reviews calling it "
+    "the director's most ambitious work to date.",
+)
+
+
+def check_inputs(model: Any, n: int = CHECK_BATCH, seed: int = 0) -> Any:
+    """Inputs as a user has them (images in [0, 1], texts), for the check after writing."""
+    if model.spec.input_kind == "text":
+        return list(CHECK_TEXTS[:n])
     rng = np.random.default_rng(seed)
     return rng.random((n, *model.input_shape), dtype=np.float32)
+
+
+def tokenizer_path(path: Path) -> Path:
+    """Where a text model's export keeps its tokenizer: ``<path>.tokenizer``."""
+    return path.with_name(f"{path.name}.tokenizer")
 
 
 def _remove(path: Path) -> None:
@@ -168,18 +195,25 @@ def export(model: Any, path: str | Path, format: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = serving(model)
     tmp = path.with_name(f".{path.name}.tmp-export")
+    text = spec.input_kind == "text"
     _remove(tmp)
+    _remove(tokenizer_path(tmp))
     x = check_inputs(model)
     expected = model.predict(x)  # transferkit's own, in the model's own framework
     fw = registry().framework(owner)
     try:
-        fw.export(realise(model, owner), tmp, format, spec)
-        got = np.asarray(fw.run_exported(tmp, format, x), dtype=np.float64)
+        realised = realise(model, owner)
+        if text:
+            realised.engine.save_assets(tokenizer_path(tmp))
+        fw.export(realised, tmp, format, spec)
+        got = np.asarray(fw.run_exported(tmp, format, x, spec), dtype=np.float64)
     except TransferkitError:
         _remove(tmp)
+        _remove(tokenizer_path(tmp))
         raise
     except Exception as e:  # the framework's own error, named as the export's
         _remove(tmp)
+        _remove(tokenizer_path(tmp))
         raise ExportError(
             f"exporting {model.spec.name!r} to {format!r} through {owner} failed: "
             f"{type(e).__name__}: {str(e)[:500]}"
@@ -189,6 +223,7 @@ def export(model: Any, path: str | Path, format: str) -> Path:
     allowed = fmt.tolerance * max(1.0, float(np.max(np.abs(expected))))
     if not diff <= allowed:
         _remove(tmp)
+        _remove(tokenizer_path(tmp))
         raise ExportError(
             f"the {format!r} export of {model.spec.name!r} does not compute what the model "
             f"does: outputs of shape {got.shape} differ from transferkit's {expected.shape} by "
@@ -196,13 +231,18 @@ def export(model: Any, path: str | Path, format: str) -> Path:
         )
     _remove(path)
     tmp.rename(path)
+    if text:
+        _remove(tokenizer_path(path))
+        tokenizer_path(tmp).rename(tokenizer_path(path))
     meta = {
         "format": format,
         "file": path.name,
         "exported_by": owner,
         "fitted_in": model.framework,
         "backbone": model.spec.name,
-        "input": {
+        "input": _input_doc(spec, path)
+        if text
+        else {
             "kind": spec.input_kind,
             "shape": ["batch", *spec.input_shape],
             "dtype": "float32",
@@ -216,3 +256,16 @@ def export(model: Any, path: str | Path, format: str) -> Path:
     }
     (path.parent / f"{path.name}.json").write_text(json.dumps(meta, indent=2))
     return path
+
+
+def _input_doc(spec: Serving, path: Path) -> dict[str, Any]:
+    return {
+        "kind": "text",
+        "names": ["input_ids", "attention_mask"],
+        "shape": ["batch", "tokens"],
+        "dtype": "int64",
+        "max_length": spec.input_shape[0],
+        "tokenizer": tokenizer_path(path).name,
+        "how": "AutoTokenizer.from_pretrained(tokenizer)(texts, padding=True, "
+        f"truncation=True, max_length={spec.input_shape[0]}, return_tensors='np')",
+    }

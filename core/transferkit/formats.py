@@ -30,7 +30,9 @@ class Serving:
     has them (images: float32 ``(N, H, W, C)`` in [0, 1] at ``input_shape``, any ``N``;
     vectors: float32 ``(N, D)``) to ``output``: ``"probabilities"`` (softmax of a
     classifier's logits) or ``"values"`` (a regressor's outputs). Images are normalised
-    inside, ``(x - mean) / std``."""
+    inside, ``(x - mean) / std``. Text (``input_shape=(max_length,)``): int64 ``(N, L)``
+    ``input_ids`` and ``attention_mask``, ``L <= max_length``, from the model's tokenizer,
+    which is saved beside the export at ``<path>.tokenizer``."""
 
     input_kind: str
     input_shape: tuple[int, ...]

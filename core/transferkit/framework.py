@@ -365,10 +365,13 @@ class Framework(ABC):
         :meth:`run_exported` after this returns. May import the framework."""
         raise ConfigError(f"framework {self.name!r} exports no format")
 
-    def run_exported(self, path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
-        """Run an exported model at ``path`` on ``x`` (inputs as :class:`Serving` says)
-        with the format's own runtime (ONNX Runtime, the LiteRT interpreter, ...), not
-        through transferkit's model; returns its outputs as numpy."""
+    def run_exported(
+        self, path: Path, fmt: str, x: Any, serving: Serving | None = None
+    ) -> np.ndarray:
+        """Run an exported model at ``path`` on ``x`` (inputs as :class:`Serving` says;
+        texts as a list of strings, tokenized as a user would with the tokenizer saved
+        beside the export) with the format's own runtime (ONNX Runtime, the LiteRT
+        interpreter, ...), not through transferkit's model; returns numpy outputs."""
         raise ConfigError(f"framework {self.name!r} exports no format")
 
     def variants(self) -> tuple[Variant, ...]:

@@ -47,7 +47,7 @@ class FlaxFramework(Framework):
 
         export(model, path, fmt, serving)
 
-    def run_exported(self, path, fmt, x):
+    def run_exported(self, path, fmt, x, serving=None):
         from .export import run_exported
 
         return run_exported(path, fmt, x)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transferkit import BackboneSpec, WeightSource, hookimpl
 from transferkit.errors import ConfigError
+from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, BuildOption, Framework
 
 #: model types whose encoder layers live under ``transformer.layer`` instead of
@@ -82,6 +83,32 @@ class HFFramework(Framework):
         from .baselines import count_macs
 
         return count_macs(model)
+
+    exports = (
+        ExportFormat(
+            "onnx",
+            ".onnx",
+            requires=("onnx", "onnxscript", "onnxruntime"),
+            tolerance=1e-4,
+            description="ONNX from token ids (torch.onnx.export), checked with ONNX Runtime",
+        ),
+        ExportFormat(
+            "torch-export",
+            ".pt2",
+            tolerance=1e-5,
+            description="a torch.export program from token ids (torch.export.save)",
+        ),
+    )
+
+    def export(self, model, path, fmt, serving):
+        from .export import export
+
+        export(model, path, fmt, serving)
+
+    def run_exported(self, path, fmt, x, serving=None):
+        from .export import run_exported
+
+        return run_exported(path, fmt, x, serving)
 
     def resolve(self, name: str, assets: Path | None = None) -> BackboneSpec | None:
         from .encoder import not_found

@@ -108,28 +108,32 @@ def _dynamic_batch() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1)},)
 
 
-def export(model: Any, path: Path, fmt: str, serving: Serving) -> None:
-    """Write ``model`` (a built transferkit model of the torch framework) as ``fmt``
-    (``"onnx"`` or ``"torch-export"``) to ``path``, computing ``serving``."""
-    path = Path(path)
-    with _cpu_eval(model.engine.native) as net, _quiet():
-        wrapper = ServingModule(net, serving).eval()
-        example = _example(serving)
+def write(
+    wrapper: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dynamic: tuple[dict[int, Any], ...],
+    names: list[str],
+    path: Path,
+    fmt: str,
+) -> None:
+    """Export ``wrapper`` (in inference mode, on the CPU) traced on ``example`` with the
+    ``dynamic`` dimensions, its inputs named ``names``, as ``fmt`` to ``path``."""
+    with _quiet():
         if fmt == "onnx":
             # external_data=False: one self-contained file (weights inside; < 2 GB)
             program = torch.onnx.export(
                 wrapper,
-                (example,),
+                example,
                 dynamo=True,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=_dynamic_batch(),
+                dynamic_shapes=dynamic,
                 external_data=False,
                 verbose=False,
             )
             program.save(str(path), external_data=False)
         elif fmt == "torch-export":
-            ep = torch.export.export(wrapper, (example,), dynamic_shapes=_dynamic_batch())
+            ep = torch.export.export(wrapper, example, dynamic_shapes=dynamic)
             # a file object: torch.export.save warns on file names not ending in .pt2
             with open(path, "wb") as f:
                 torch.export.save(ep, f)
@@ -137,19 +141,31 @@ def export(model: Any, path: Path, fmt: str, serving: Serving) -> None:
             raise ConfigError(f"the torch framework exports no format {fmt!r}")
 
 
-def run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
-    """Run the export at ``path`` on ``x`` with the format's own runtime: ONNX Runtime
-    for ``"onnx"``, the loaded ``torch.export`` program for ``"torch-export"``."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def export(model: Any, path: Path, fmt: str, serving: Serving) -> None:
+    """Write ``model`` (a built transferkit model of the torch framework) as ``fmt``
+    (``"onnx"`` or ``"torch-export"``) to ``path``, computing ``serving``."""
+    with _cpu_eval(model.engine.native) as net:
+        wrapper = ServingModule(net, serving).eval()
+        write(wrapper, (_example(serving),), _dynamic_batch(), [INPUT_NAME], Path(path), fmt)
+
+
+def run(path: Path, fmt: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Run the export at ``path`` on named ``inputs`` with the format's own runtime: ONNX
+    Runtime for ``"onnx"``, the loaded ``torch.export`` program for ``"torch-export"``."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return np.asarray(session.run(None, {name: x})[0])
+        return np.asarray(session.run(None, inputs)[0])
     if fmt == "torch-export":
         with open(path, "rb") as f, _quiet():
             program = torch.export.load(f)
         with torch.no_grad():
-            return program.module()(torch.from_numpy(x)).numpy()
+            args = [torch.from_numpy(a) for a in inputs.values()]
+            return program.module()(*args).numpy()
     raise ConfigError(f"the torch framework exports no format {fmt!r}")
+
+
+def run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
+    """:func:`run` on images or vectors ``x``."""
+    return run(path, fmt, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})

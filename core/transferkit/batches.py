@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .checks import check_augmented
+from .lazy import take
 
 if TYPE_CHECKING:
     from .model import Model
@@ -42,15 +43,13 @@ class Inputs:
         """The examples ``idx`` as the engine takes them, never augmented."""
         if self.kind != "raw":
             return self.x[idx]
-        x = self.x
-        return self.model.prepare(x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx])
+        return self.model.prepare(take(self.x, idx))
 
     def train(self, idx: np.ndarray, rng: np.random.Generator) -> Any:
         """The training batch ``idx``: augmented with ``rng`` where an augment is given."""
         if self.augment is None or self.kind != "raw":
             return self.plain(idx)
-        x = self.x
-        raw = x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
+        raw = take(self.x, idx)
         out = self.augment(raw, rng)
         check_augmented(self.augment, raw, out, self.model.check)
         return self.model.prepare(out)

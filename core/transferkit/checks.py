@@ -14,6 +14,7 @@ from .errors import (
     LabelError,
     NonFiniteInputError,
 )
+from .lazy import is_lazy
 
 
 def check_stacked(items: Sequence[Any], what: str) -> np.ndarray:
@@ -43,6 +44,12 @@ def check_inputs(x: Any, input_kind: str, input_shape: tuple[int, ...], what: st
                 )
             if not t.strip():
                 raise EmptyDataError(f"{what}[{i}] is an empty string; drop it or give it text")
+        return
+    if is_lazy(x):  # decodes to float32 [0, 1] images of one shape, checked per file
+        if input_kind != "image":
+            raise InputDTypeError(f"{what} holds images; this backbone takes {input_kind}s")
+        if len(x) == 0:
+            raise EmptyDataError(f"{what} is empty (0 examples)")
         return
     if isinstance(x, (list, tuple)):
         x = check_stacked(x, what) if len(x) else np.zeros((0,))

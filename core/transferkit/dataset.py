@@ -14,6 +14,7 @@ import numpy as np
 from . import validate
 from .checks import check_stacked
 from .errors import EmptyDataError, InputDTypeError, LabelError
+from .lazy import is_lazy
 
 
 @dataclass
@@ -34,7 +35,9 @@ class Dataset:
 
     def __post_init__(self) -> None:
         what = f"dataset {self.name!r}" if self.name else "the dataset"
-        if isinstance(self.x, np.ndarray) or not isinstance(self.x, (list, tuple)):
+        if is_lazy(self.x):
+            pass  # decoded when a batch needs it
+        elif isinstance(self.x, np.ndarray) or not isinstance(self.x, (list, tuple)):
             self.x = np.asarray(self.x)
             if self.x.ndim == 0:
                 raise InputDTypeError(
@@ -79,7 +82,10 @@ class Dataset:
         return int(self.y.max()) + 1
 
     def subset(self, index: np.ndarray) -> Dataset:
-        x = self.x[index] if isinstance(self.x, np.ndarray) else [self.x[i] for i in index]
+        if is_lazy(self.x):
+            x = self.x.subset(index)
+        else:
+            x = self.x[index] if isinstance(self.x, np.ndarray) else [self.x[i] for i in index]
         y = None if self.y is None else self.y[index]
         return Dataset(x, y, self.classes, self.name, dict(self.meta))
 

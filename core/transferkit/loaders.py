@@ -24,16 +24,111 @@ def _rgb01(im: Any) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Dataset:
-    """Load ``root/<class>/*.png|jpg`` as RGB float32 images in [0, 1].
-
-    Classes are the sub-directory names in sorted order. Images are resized to
-    ``size`` (H, W) when given, else all must share one size.
-    """
+def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image  # pillow comes with matplotlib; imported only here
 
     from .preprocess import resize
 
+    with Image.open(path) as im:
+        arr = _rgb01(im)
+    return resize(arr[None], size)[0] if size is not None else arr
+
+
+def _probe(path: Path) -> tuple[int, int]:
+    """An image file's (H, W) from its header, after a cheap check that it is complete:
+    a JPEG ends with its end-of-image marker and a PNG with its IEND chunk, so a file cut
+    short is found without decoding it."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        fmt = im.format
+    if fmt in ("JPEG", "PNG"):
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 1024))
+            tail = f.read()
+        if (b"\xff\xd9" if fmt == "JPEG" else b"IEND") not in tail:
+            raise OSError(f"the {fmt} file is truncated (no end marker)")
+    return h, w
+
+
+def image_files(
+    paths: Sequence[str | Path],
+    labels: Sequence[Any] | None = None,
+    classes: Sequence[str] | None = None,
+    size: tuple[int, int] | None = None,
+    strict: bool = False,
+    lazy: bool = True,
+    name: str = "",
+) -> Dataset:
+    """Images from a list of files (labels optional), decoded when a batch needs them
+    (``lazy=False``: all now, in memory) as RGB float32 in [0, 1], resized to ``size``
+    (H, W) when given, else all must share one size.
+
+    Every file's header is read up front (in parallel): a file that cannot be read, or
+    a JPEG/PNG cut short, is named in a warning and skipped (``strict=True``: an error).
+    """
+    from .errors import warn
+    from .lazy import LazyImages, files_identity, pool
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise EmptyDataError("no image files given")
+    if labels is not None and len(labels) != len(paths):
+        raise LabelError(f"{len(paths)} image files but {len(labels)} labels")
+
+    def probe(p: Path) -> tuple[int, int] | str:
+        try:
+            return _probe(p)
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file
+            return f"{type(e).__name__}: {e}"
+
+    found = list(pool().map(probe, paths))
+    bad = {str(p): r for p, r in zip(paths, found, strict=True) if isinstance(r, str)}
+    if bad:
+        listed = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        if strict or len(bad) == len(paths):
+            raise InputDTypeError(
+                f"cannot read {len(bad)} image file(s): {listed}{more}; remove or replace them"
+            )
+        warn(f"skipped {len(bad)} unreadable image file(s): {listed}{more}")
+    keep = [i for i, r in enumerate(found) if not isinstance(r, str)]
+    paths = [paths[i] for i in keep]
+    y = None if labels is None else np.asarray([labels[i] for i in keep])
+    sizes = {found[i] for i in keep}
+    if size is None and len(sizes) > 1:
+        raise InputShapeError(
+            f"images in {name or 'the list'!r} have different sizes "
+            f"{sorted(sizes)[:3]}...; pass size=(H, W) to resize them"
+        )
+    h, w = tuple(size) if size is not None else sizes.pop()
+    x = LazyImages(
+        lambda j: _read_image(paths[j], size),
+        len(paths),
+        (h, w, 3),
+        files_identity(paths, size),
+        names=[str(p) for p in paths],
+    )
+    data = Dataset(x, y, list(classes) if classes is not None else None, name=name)
+    if not lazy:
+        data.x = np.asarray(x)
+    return data
+
+
+def image_folder(
+    root: str | Path,
+    size: tuple[int, int] | None = None,
+    strict: bool = False,
+    lazy: bool = True,
+) -> Dataset:
+    """Load ``root/<class>/*.png|jpg`` as RGB float32 images in [0, 1], decoded when a
+    batch needs them (``lazy=False``: all now, in memory).
+
+    Classes are the sub-directory names in sorted order. Images are resized to
+    ``size`` (H, W) when given, else all must share one size. Unreadable or truncated
+    files are named in a warning and skipped (``strict=True``: an error).
+    """
     root = Path(root)
     if not root.is_dir():
         raise EmptyDataError(
@@ -45,31 +140,14 @@ def image_folder(root: str | Path, size: tuple[int, int] | None = None) -> Datas
         raise EmptyDataError(
             f"image folder {str(root)!r} has no class sub-directories; expected root/<class>/*.png"
         )
-    xs, ys = [], []
+    files, ys = [], []
     for c, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise EmptyDataError(f"class folder {str(root / name)!r} holds no images")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    arr = _rgb01(im)
-            except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file
-                raise InputDTypeError(
-                    f"cannot read image {str(f)!r} ({type(e).__name__}: {e}); remove or "
-                    "replace the file"
-                ) from None
-            if size is not None:
-                arr = resize(arr[None], size)[0]
-            xs.append(arr)
-            ys.append(c)
-    shapes = {a.shape for a in xs}
-    if len(shapes) > 1:
-        raise InputShapeError(
-            f"images in {str(root)!r} have different sizes {sorted(shapes)[:3]}...; "
-            "pass size=(H, W) to resize them"
-        )
-    return Dataset(np.stack(xs), np.array(ys, dtype=np.int64), classes, name=root.name)
+        files += found
+        ys += [c] * len(found)
+    return image_files(files, ys, classes, size, strict, lazy, name=root.name)
 
 
 def read_table(

@@ -19,6 +19,7 @@ from .data import Dataset, as_dataset, check_inputs, check_labels, check_stacked
 from .errors import ConfigError, WeightsError
 from .framework import Engine, Framework
 from .heads import Classifier, Head
+from .lazy import is_lazy
 from .preprocess import prepare_images
 
 FORMAT = "transferkit-model"
@@ -153,6 +154,9 @@ class Model:
         return list(x)
 
     def prepared_batches(self, x: Any, batch_size: int) -> Iterator[Any]:
+        if is_lazy(x):  # decoded a batch ahead, while this one runs
+            yield from map(self.prepare, x.batches(batch_size))
+            return
         for i in range(0, len(x), batch_size):
             yield self.prepare(x[i : i + batch_size])
 
@@ -160,6 +164,8 @@ class Model:
         batch_size = validate.integer("batch_size", batch_size, 1, 1 << 20)
         if isinstance(x, Dataset):
             x = x.x
+        if is_lazy(x):
+            pass
         elif isinstance(x, list) and x and not isinstance(x[0], str):
             x = np.asarray(check_stacked(x, "x"))
         self.check(x)

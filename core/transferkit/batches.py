@@ -5,12 +5,14 @@ an augment function is given, or too large to prepare at once)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import feature_store
 from .checks import check_augmented
-from .lazy import take
+from .lazy import is_lazy, take
 
 if TYPE_CHECKING:
     from .model import Model
@@ -29,10 +31,13 @@ class Inputs:
         x: Any,
         cached: bool,
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.model, self.augment = model, augment
         per_batch = augment is not None or not isinstance(x, np.ndarray)
-        if cached:
+        if cached and (cache_dir is not None or is_lazy(x)):  # on disk, memory mapped
+            self.kind, self.x = "features", feature_store.features(model, x, cache_dir)
+        elif cached:
             self.kind, self.x = "features", model.features(x)
         elif per_batch or len(x) * int(np.prod(model.input_shape)) * 4 > PREPARE_AT_ONCE:
             self.kind, self.x = "raw", x

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import cli_deploy
+from . import cli_data, cli_deploy
 from .cli_choose import add_parsers, lr_value
 from .errors import ConfigError, ModelDirError, TransferkitError
 from .runconfig import FIT_SCHEMA, load_labelled, run_config
@@ -301,6 +301,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)  # rank, find-lr, search
     cli_deploy.add_parsers(sub)  # predict, export
+    cli_data.add_parsers(sub)  # cache
 
     bn = sub.add_parser("bench", help="benchmark one transfer task across frameworks")
     bn.add_argument("--suite", default="default", help="suite name or .toml path")

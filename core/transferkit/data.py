@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .checks import check_image_range, check_inputs, check_labels, check_stacked
 from .dataset import Dataset, as_dataset, few_shot, train_val_split
-from .loaders import IMAGE_SUFFIXES, image_folder, load, load_npz, read_table
+from .interop import from_batches, from_hf, from_pairs
+from .loaders import IMAGE_SUFFIXES, image_files, image_folder, load, load_npz, read_table
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -20,6 +21,10 @@ __all__ = [
     "check_labels",
     "check_stacked",
     "few_shot",
+    "from_batches",
+    "from_hf",
+    "from_pairs",
+    "image_files",
     "image_folder",
     "load",
     "load_npz",

@@ -106,8 +106,15 @@ def as_dataset(data: Any, what: str = "data") -> Dataset:
         return data
     if isinstance(data, tuple) and len(data) == 2:
         return Dataset(*data)
+    from . import interop  # the data sets users already have
+
+    if interop.is_hf(data):
+        return interop.from_hf(data)
+    if not isinstance(data, list) and interop.is_pairs(data):
+        return interop.from_pairs(data)
     raise InputDTypeError(
-        f"{what} must be a tk.Dataset or an (x, y) tuple, got {type(data).__name__}; wrap "
+        f"{what} must be a tk.Dataset, an (x, y) tuple, a datasets.Dataset or a data set of "
+        f"(x, y) pairs, got {type(data).__name__}; wrap "
         "arrays as tk.Dataset(x, y) (x alone has no labels to train or evaluate on)"
     )
 

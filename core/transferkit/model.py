@@ -19,6 +19,7 @@ from .data import Dataset, as_dataset, check_inputs, check_labels, check_stacked
 from .errors import ConfigError, WeightsError
 from .framework import Engine, Framework
 from .heads import Classifier, Head
+from .interop import inputs_of
 from .lazy import is_lazy
 from .preprocess import prepare_images
 
@@ -164,6 +165,7 @@ class Model:
         batch_size = validate.integer("batch_size", batch_size, 1, 1 << 20)
         if isinstance(x, Dataset):
             x = x.x
+        x = inputs_of(x)  # a datasets.Dataset, or a data set of (x, y) pairs
         if is_lazy(x):
             pass
         elif isinstance(x, list) and x and not isinstance(x[0], str):

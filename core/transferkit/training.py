@@ -60,6 +60,7 @@ class Trainer:
         warmup_steps: int = 0,
         seed: int = 0,
         cache_features: bool | str = "auto",
+        cache_dir: str | Path | None = None,
         augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         early_stopping: EarlyStopping | int | None = None,
         callbacks: Sequence[Callback] = (),
@@ -111,7 +112,7 @@ class Trainer:
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
         self.optimizer = OptimizerSpec(optimizer, weight_decay, momentum)
         self.schedule, self.warmup_steps, self.seed = schedule, warmup_steps, seed
-        self.cache_features, self.augment = cache_features, augment
+        self.cache_features, self.augment, self.cache_dir = cache_features, augment, cache_dir
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping(patience=early_stopping)
         self.user_callbacks = callbacks + ([early_stopping] if early_stopping else [])
@@ -211,8 +212,8 @@ class Trainer:
         model.batchnorm = self.batchnorm
 
         # cached: the backbone never trains; one forward pass, then the head on features
-        inputs = Inputs(model, x, cached, self.augment)
-        val_inputs = Inputs(model, xv, cached) if xv is not None else None
+        inputs = Inputs(model, x, cached, self.augment, self.cache_dir)
+        val_inputs = Inputs(model, xv, cached, None, self.cache_dir) if xv is not None else None
         predict_val = engine.head_predict if cached else engine.predict
 
         n = len(y)
@@ -364,8 +365,9 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     ``lr`` (1e-3), ``batch_size`` (32), ``optimizer`` ("adam" | "adamw" | "sgd"),
     ``weight_decay``, ``momentum`` (sgd), ``schedule`` ("cosine" | "constant"),
     ``warmup_steps``, ``seed`` (a run is repeatable), ``cache_features`` ("auto":
-    compute frozen-backbone features once), ``augment`` (``f(batch, rng) -> batch`` on
-    raw images), ``early_stopping`` (patience or an ``EarlyStopping``), ``callbacks``,
+    compute frozen-backbone features once; on disk, under ``cache_dir``, for lazy data or
+    when it is given), ``augment`` (``f(batch, rng) -> batch`` on raw images),
+    ``early_stopping`` (patience or an ``EarlyStopping``), ``callbacks``,
     ``checkpoint_dir`` (state for an exact resume after every epoch), ``resume_from``,
     ``verbose`` (0, 1 bar, 2 lines, "auto"), ``lr="auto"`` (the learning-rate range test,
     ``tk.find_lr``, chooses it first; ``history.lr_finder`` holds the test), ``regularizer``

@@ -171,3 +171,11 @@ def test_data_sets_of_pairs_and_batches():
     assert b.y.tolist() == pairs.targets
     with pytest.raises(errors.InputDTypeError, match=r"\(x_batch, y_batch\) pairs"):
         tk.data.from_batches([x])
+
+
+def test_rank_takes_a_data_set_of_pairs():
+    pairs = Pairs(12)
+    x = np.stack(pairs.images).astype(np.float32) / 255
+    a = tk.rank(["torch:cnn"], pairs, metric="knn")
+    b = tk.rank(["torch:cnn"], (x, np.array(pairs.targets)), metric="knn")
+    assert a.table[0]["score"] == b.table[0]["score"]

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from transferkit import BackboneSpec, WeightSource, hookimpl
 from transferkit.errors import ConfigError
-from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, BuildOption, Framework
+from transferkit_torch import ONNX, TORCH_EXPORT
 
 #: model types whose encoder layers live under ``transformer.layer`` instead of
 #: ``encoder.layer``
@@ -84,20 +85,9 @@ class HFFramework(Framework):
 
         return count_macs(model)
 
-    exports = (
-        ExportFormat(
-            "onnx",
-            ".onnx",
-            requires=("onnx", "onnxscript", "onnxruntime"),
-            tolerance=1e-4,
-            description="ONNX from token ids (torch.onnx.export), checked with ONNX Runtime",
-        ),
-        ExportFormat(
-            "torch-export",
-            ".pt2",
-            tolerance=1e-5,
-            description="a torch.export program from token ids (torch.export.save)",
-        ),
+    exports = (  # PyTorch's formats, from token ids
+        replace(ONNX, description="ONNX from token ids (torch.onnx.export), run by ONNX Runtime"),
+        replace(TORCH_EXPORT, description="a torch.export program from token ids"),
     )
 
     def export(self, model, path, fmt, serving):

@@ -11,6 +11,18 @@ from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
+#: the formats PyTorch's machinery writes (the Hugging Face adapter writes them too)
+ONNX = ExportFormat(
+    "onnx",
+    ".onnx",
+    requires=("onnx", "onnxscript", "onnxruntime"),
+    tolerance=1e-4,
+    description="ONNX through torch.onnx.export, checked with ONNX Runtime",
+)
+TORCH_EXPORT = ExportFormat(
+    "torch-export", ".pt2", tolerance=1e-5, description="a torch.export program (torch.export.save)"
+)
+
 
 class TorchFramework(Framework):
     """PyTorch (eager). Backbone factories receive ``input_shape=(H, W, C)`` and return an
@@ -25,21 +37,7 @@ class TorchFramework(Framework):
         Baseline("eager", "transferkit_torch.baselines:Eager"),
         Baseline("compile", "transferkit_torch.baselines:Compiled", isolated=True),
     )
-    exports = (
-        ExportFormat(
-            "onnx",
-            ".onnx",
-            requires=("onnx", "onnxscript", "onnxruntime"),
-            tolerance=1e-4,
-            description="ONNX through torch.onnx.export, checked with ONNX Runtime",
-        ),
-        ExportFormat(
-            "torch-export",
-            ".pt2",
-            tolerance=1e-5,
-            description="a torch.export program (torch.export.save)",
-        ),
-    )
+    exports = (ONNX, TORCH_EXPORT)
 
     def device_name(self, model):
         from .baselines import device_name

@@ -54,8 +54,8 @@ def runner(fmt: str, path: Path):
     if fmt == "savedmodel":
         import tensorflow as tf
 
-        serve = tf.saved_model.load(str(path)).serve
-        return lambda x: serve(tf.constant(x)).numpy()
+        loaded = tf.saved_model.load(str(path))  # kept: serve needs its variables alive
+        return lambda x: loaded.serve(tf.constant(x)).numpy()
     if fmt == "tflite":
         from ai_edge_litert.interpreter import Interpreter
 

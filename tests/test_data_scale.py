@@ -43,7 +43,7 @@ def test_lazy_folder_knows_labels_and_skips_bad_files(folder):
     assert isinstance(data.x, LazyImages) and len(data) == 23 and data.classes[1] == "bee"
     assert np.bincount(data.y).tolist() == [8, 7, 8]
     assert len(said) == 1 and "skipped 2 unreadable" in said[0]
-    assert "0.jpg" in said[0] and "truncated (no end marker)" in said[0] and "notes.png" in said[0]
+    assert "0.jpg" in said[0] and "the JPEG file is truncated" in said[0] and "notes.png" in said[0]
     with pytest.raises(errors.InputDTypeError, match=r"cannot read 2 image file\(s\)"):
         tk.data.image_folder(folder, strict=True)
     few = data.few_shot(3, seed=1)  # nothing decoded: still lazy, the same images
@@ -179,3 +179,40 @@ def test_rank_takes_a_data_set_of_pairs():
     a = tk.rank(["torch:cnn"], pairs, metric="knn")
     b = tk.rank(["torch:cnn"], (x, np.array(pairs.targets)), metric="knn")
     assert a.table[0]["score"] == b.table[0]["score"]
+
+
+def test_sources_without_identity_stay_in_memory_and_values_are_checked(tmp_path):
+    pairs = Pairs(8)
+    m = tk.build("torch:cnn", head=tk.Classifier(2), input_shape=(10, 10, 3))
+    cache = tmp_path / "cache"
+    tk.fit(m, pairs, freeze=tk.freeze.FeatureExtraction(), cache_dir=cache, verbose=0)
+    assert feature_store.entries(cache) == []  # no key that would hold in another run
+    normalised = [((np.full((4, 4, 3), -1.5, np.float32)), 0), (np.zeros((4, 4, 3)), 1)]
+    with pytest.raises(errors.InputDTypeError, match="outside \\[0, 1\\].*Normalize"):
+        tk.data.from_pairs(normalised)
+    rgba = [(np.zeros((4, 4, 4), np.uint8), 0)]
+    with pytest.raises(errors.InputShapeError, match="alpha"):
+        tk.data.from_pairs(rgba)
+
+
+def test_a_jpeg_with_data_after_its_end_is_kept(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "x.jpg")
+    with open(tmp_path / "a" / "x.jpg", "ab") as f:
+        f.write(b"\0" * 4096)  # as some cameras append
+    data = tk.data.image_folder(tmp_path, strict=True)
+    assert len(data) == 1 and data.x[0].shape == (8, 8, 3)
+
+
+def test_predict_skips_bad_table_rows(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    m = tk.build("hf:all-MiniLM-L6-v2", head=tk.Classifier(2), input_shape=(16,))
+    m.save(tmp_path / "model")
+    rows = ['{"text": "good news"}', "not json", '{"other": 1}', '{"text": ""}', '{"text": "ok"}']
+    (tmp_path / "t.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(["predict", str(tmp_path / "model"), "--data", str(tmp_path / "t.jsonl")]) == 0
+    out, err = capsys.readouterr()
+    assert [r.split(",")[0] for r in out.splitlines()[1:]] == ["line 1", "line 5"]
+    assert "3 of 5 inputs could not be read" in err
+    assert "line 2: not valid JSON" in err and "line 3: no 'text' field" in err
+    assert "line 4: empty text" in err

@@ -147,7 +147,7 @@ def test_fit_and_evaluate_accept_an_x_y_pair(mlp, data):
     h = tk.fit(mlp, (data.x, data.y), val=(data.x, data.y), epochs=1, verbose=0)
     assert "val_accuracy" in h.history
     assert mlp.evaluate((data.x, data.y)) == mlp.evaluate(data)
-    with pytest.raises(errors.InputDTypeError, match=r"tk.Dataset or an \(x, y\) tuple.*wrap"):
+    with pytest.raises(errors.InputDTypeError, match=r"tk.Dataset, an \(x, y\) tuple.*wrap"):
         tk.fit(mlp, data.x, verbose=0)
     with pytest.raises(errors.InputDTypeError, match="tk.Dataset"):
         mlp.evaluate([data.x, data.y, None])
@@ -287,8 +287,10 @@ def test_a_corrupt_image_in_a_folder_is_named(tmp_path):
         (tmp_path / c).mkdir()
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / c / "ok.png")
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image file.*broken.png"):
+        assert len(tk.data.image_folder(tmp_path)) == 2  # the rest is kept
     with pytest.raises(errors.InputDTypeError, match="broken.png.*remove or replace"):
-        tk.data.image_folder(tmp_path)
+        tk.data.image_folder(tmp_path, strict=True)
 
 
 # --- the adapters agree -----------------------------------------------------------------

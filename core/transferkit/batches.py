@@ -35,7 +35,10 @@ class Inputs:
     ) -> None:
         self.model, self.augment = model, augment
         per_batch = augment is not None or not isinstance(x, np.ndarray)
-        if cached and (cache_dir is not None or is_lazy(x)):  # on disk, memory mapped
+        # on disk, memory mapped: lazy data (unless its source has no stable identity),
+        # or any data when a cache directory is named
+        on_disk = cached and (x.persistent if is_lazy(x) else cache_dir is not None)
+        if on_disk:
             self.kind, self.x = "features", feature_store.features(model, x, cache_dir)
         elif cached:
             self.kind, self.x = "features", model.features(x)

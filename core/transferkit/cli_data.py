@@ -22,7 +22,7 @@ def _cache(args: argparse.Namespace) -> int:
         return 0
     print(f"feature cache {root}: {len(found)} entries, {total / 2**20:.1f} MiB")
     for e in found:
-        state = "" if e["complete"] else "  (partial: rebuilt or removed when next used)"
+        state = "" if e["complete"] else "  (partial: left by an interrupted run; --clear)"
         print(
             f"  {e['entry']:<60} {e['backbone'] or '?':<28} {e['examples'] or '?':>8} examples "
             f"{e['bytes'] / 2**20:9.1f} MiB{state}"

@@ -97,6 +97,8 @@ def _predict(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in OUT_SUFFIXES:
         raise ConfigError(f"--out {args.out!r}: write predictions to a .csv or .jsonl file")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out {args.out!r}: the directory {str(out.parent)!r} does not exist")
     source = open_source(args.data, args.text_column)  # the data first: fast to fail
     model = _model(args.model, args.framework)
     _check_kind(model, source.kind)

@@ -95,7 +95,11 @@ def _check_format(model: Any, fmt_name: str) -> tuple[str, ExportFormat]:
             f"{model.spec.name!r} cannot be exported to {fmt_name!r}: that format is written "
             f"by {writers}, which has no realisation of this architecture; it exports to "
             f"{', '.join(formats_for(model.spec)) or 'no format'}"
-            + (" (ONNX from Keras would need tf2onnx)" if fmt_name == "onnx" else "")
+            + "".join(
+                f" ({why})"
+                for f, why in registry().framework(model.framework).export_notes
+                if f == fmt_name
+            )
         )
     owner, fmt = found
     fw = registry().framework(owner)

@@ -8,7 +8,9 @@ a digest of its weights, the input size and normalisation, and the examples (fil
 names, sizes and times, or the arrays' bytes). The next run with the same key reads the
 file instead of running the backbone. An entry is written beside its place and renamed in
 when complete, so a kill leaves no entry that looks complete; an entry whose files do
-not match its record is rebuilt. ``transferkit cache`` reports sizes and clears.
+not match its record is rebuilt. ``transferkit cache`` reports sizes (an interrupted
+run's partial entry too) and clears. Sources without a stable identity
+(``tk.data.from_pairs``) are not cached on disk.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +115,7 @@ def features(
             return found
         warn(f"the feature cache entry {str(entry)!r} is incomplete or corrupt; rebuilding it")
         shutil.rmtree(entry, ignore_errors=True)
-    tmp = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
+    tmp = entry.with_name(f".{entry.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         out = None
@@ -130,7 +133,12 @@ def features(
         del out
         meta = {"key": k, "complete": True, "shape": list(shape), "created": time.time()}
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        tmp.rename(entry)
+        try:
+            tmp.rename(entry)
+        except OSError:
+            if _read(entry, k, len(x)) is None:  # not another run's complete entry
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another run finished it first
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CacheError(

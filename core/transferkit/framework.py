@@ -356,6 +356,8 @@ class Framework(ABC):
     # --- deployment (``model.export``, ``transferkit export``) ------------------------
     #: the formats this framework writes from its realisation of a model
     exports: tuple[ExportFormat, ...] = ()
+    #: (format, why) for formats its own backbones cannot reach, said in the error
+    export_notes: tuple[tuple[str, str], ...] = ()
 
     def export(self, model: Any, path: Path, fmt: str, serving: Serving) -> None:
         """Write ``model`` (a built :class:`~transferkit.Model` of this framework, in

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from .dataset import Dataset
-from .errors import DataError, EmptyDataError, InputDTypeError
+from .errors import (
+    DataError,
+    EmptyDataError,
+    InputDTypeError,
+    InputShapeError,
+    NonFiniteInputError,
+)
 from .lazy import LazyImages
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "picture")
@@ -63,17 +69,32 @@ def _image(value: Any) -> np.ndarray:
         if value.ndim == 3 and value.shape[0] in (1, 3) and value.shape[-1] not in (1, 3):
             value = np.moveaxis(value, 0, -1)
     a = np.asarray(value)
+    if a.dtype.kind not in "iubf":
+        raise InputDTypeError(f"an image of dtype {a.dtype}; expected numbers")
     if a.dtype.kind in "iu":
         a = a.astype(np.float32) / 255.0
     a = a.astype(np.float32)
     if a.ndim == 2:
         a = a[..., None]
-    if a.ndim != 3:
-        raise InputDTypeError(f"an image of shape {a.shape}; expected (H, W) or (H, W, C)")
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise InputShapeError(
+            f"an image of shape {a.shape}; expected (H, W), (H, W, 1) or (H, W, 3) (RGB, "
+            "channels last; drop an alpha channel first)"
+        )
+    if not np.isfinite(a).all():
+        raise NonFiniteInputError("an image holds NaN or infinite values")
+    if a.min() < 0 or a.max() > 1:
+        raise InputDTypeError(
+            f"an image's values span [{a.min():.3g}, {a.max():.3g}], outside [0, 1]: it looks "
+            "normalised already (a Normalize transform?); give images in [0, 1] or 0-255, "
+            "each backbone normalises them itself"
+        )
     return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
 
 
-def _lazy_images(read_raw: Any, n: int, size: tuple[int, int] | None, identity: str) -> LazyImages:
+def _lazy_images(
+    read_raw: Any, n: int, size: tuple[int, int] | None, identity: str | None
+) -> LazyImages:
     from .preprocess import resize
 
     def read(j: int) -> np.ndarray:
@@ -112,6 +133,12 @@ def from_hf(
         raise InputDTypeError(f"from_hf() takes a datasets.Dataset, got {type(ds).__name__}")
     if hasattr(ds, "keys") and not hasattr(ds, "features"):
         raise InputDTypeError("from_hf() takes one split: pass ds['train'], not the DatasetDict")
+    if not hasattr(ds, "__len__") or not hasattr(ds, "_fingerprint"):
+        raise InputDTypeError(
+            f"from_hf() takes a datasets.Dataset with a length, got {type(ds).__name__} (a "
+            "streamed IterableDataset?); load it without streaming=True, or pass batches "
+            "to tk.data.from_batches"
+        )
     cols = list(ds.column_names)
     xcol = _pick(cols, x, IMAGE_COLUMNS + TEXT_COLUMNS, "inputs")
     has_labels = y is not None or bool(set(cols) & set(LABEL_COLUMNS))
@@ -126,7 +153,7 @@ def from_hf(
         return Dataset(list(ds[xcol]), labels, classes)
     column = ds.select_columns([xcol])
     return Dataset(
-        _lazy_images(lambda j: column[int(j)][xcol], len(ds), size, f"hf:{ds._fingerprint}"),
+        _lazy_images(lambda j: column[int(j)][xcol], len(ds), size, f"hf:{ds._fingerprint}:{xcol}"),
         labels,
         classes,
     )
@@ -154,8 +181,8 @@ def from_pairs(
     classes = classes if classes is not None else getattr(data, "classes", None)
     if isinstance(x0, str):
         return Dataset([data[i][0] for i in range(n)], labels, classes)
-    identity = f"pairs:{type(data).__qualname__}:{id(data)}"
-    return Dataset(_lazy_images(lambda j: data[int(j)][0], n, size, identity), labels, classes)
+    # no stable identity (its transform or contents may change): features stay in memory
+    return Dataset(_lazy_images(lambda j: data[int(j)][0], n, size, None), labels, classes)
 
 
 def from_batches(batches: Iterable[Any], classes: Sequence[str] | None = None) -> Dataset:
@@ -169,8 +196,10 @@ def from_batches(batches: Iterable[Any], classes: Sequence[str] | None = None) -
                 f"from_batches() takes (x_batch, y_batch) pairs, got {type(item).__name__}"
             )
         xb, yb = item
-        if hasattr(xb, "detach"):
+        if hasattr(xb, "detach"):  # a tensor: channels-first images become channels-last
             xb = xb.detach().cpu().numpy()
+            if xb.ndim == 4 and xb.shape[1] in (1, 3) and xb.shape[-1] not in (1, 3):
+                xb = np.moveaxis(xb, 1, -1)
         if hasattr(yb, "detach"):
             yb = yb.detach().cpu().numpy()
         if isinstance(xb, (list, tuple)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,22 +24,34 @@ import numpy as np
 
 from .errors import DataError
 
+
+def _workers() -> int:
+    raw = os.environ.get("TRANSFERKIT_DECODE_WORKERS", "")
+    n = int(raw) if raw.strip().isdigit() else 0
+    return n or min(8, os.cpu_count() or 1)
+
+
 #: threads that decode (a pool shared by every lazy set in the process)
-WORKERS = int(os.environ.get("TRANSFERKIT_DECODE_WORKERS", 0)) or min(8, os.cpu_count() or 1)
-_POOL: ThreadPoolExecutor | None = None
+WORKERS = _workers()
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_LOCK = threading.Lock()
 
 
 def pool() -> ThreadPoolExecutor:
+    """The decode pool of this process (made anew in a forked child, whose copy of the
+    parent's pool has no threads)."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(WORKERS, thread_name_prefix="transferkit-decode")
-    return _POOL
+    with _LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(WORKERS, thread_name_prefix="tk-decode"))
+        return _POOL[1]
 
 
 class LazyImages:
     """``read(i)`` -> one float32 ``(H, W, C)`` image in [0, 1] of the source's ``i``-th
     example; ``shape`` = (H, W, C) of every image; ``identity`` names the source for the
-    feature cache (the files' names, sizes and times, or the data set's fingerprint)."""
+    feature cache (the files' names, sizes and times, or the data set's fingerprint), or
+    is None for a source with no stable identity, whose features stay in memory."""
 
     dtype = np.dtype(np.float32)
     ndim = 4
@@ -48,7 +61,7 @@ class LazyImages:
         read: Callable[[int], np.ndarray],
         n: int,
         shape: tuple[int, int, int],
-        identity: str,
+        identity: str | None,
         index: np.ndarray | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
@@ -131,8 +144,16 @@ class LazyImages:
             ahead = _Later(lambda a=nxt: self[a : a + size]) if nxt < len(self) else None
             yield current
 
+    @property
+    def persistent(self) -> bool:
+        """Whether the source is the same in another run (files, a Hugging Face data
+        set), so that features computed from it may be kept on disk."""
+        return self._identity is not None
+
     def identity(self) -> str:
         """A digest of the source and the examples chosen from it."""
+        if self._identity is None:
+            raise ValueError("this lazy set has no stable identity")
         h = hashlib.sha256(self._identity.encode())
         h.update(self._index.tobytes())
         h.update(repr(self._shape).encode())
@@ -143,8 +164,6 @@ class _Later:
     """A call run in a thread of its own (not the decode pool, which it fills)."""
 
     def __init__(self, fn: Callable[[], Any]) -> None:
-        import threading
-
         self._result: Any = None
         self._error: BaseException | None = None
 

@@ -48,7 +48,13 @@ def _probe(path: Path) -> tuple[int, int]:
             f.seek(max(0, path.stat().st_size - 1024))
             tail = f.read()
         if (b"\xff\xd9" if fmt == "JPEG" else b"IEND") not in tail:
-            raise OSError(f"the {fmt} file is truncated (no end marker)")
+            # no end marker near the end: cut short, or data appended after the image
+            # (camera files do that); decoding it decides
+            with Image.open(path) as im:
+                try:
+                    im.load()
+                except OSError as e:
+                    raise OSError(f"the {fmt} file is truncated ({e})") from None
     return h, w
 
 

@@ -51,9 +51,28 @@ class Source:
             if self.kind == "image":
                 yield _read_images(ids, items, image_size)
             elif self.kind == "text":
-                yield Batch(list(ids), list(items))
+                good = [(i, t) for i, t in zip(ids, items, strict=True) if _text_ok(t)]
+                failed = {i: _why(t) for i, t in zip(ids, items, strict=True) if not _text_ok(t)}
+                yield Batch([i for i, _ in good], [t for _, t in good], failed)
             else:
                 yield Batch(list(ids), np.asarray(items))
+
+
+def _text_ok(t: Any) -> bool:
+    return isinstance(t, str) and bool(t.strip())
+
+
+def _why(t: Any) -> str:
+    if isinstance(t, _Bad):
+        return t.reason
+    return "empty text" if isinstance(t, str) or t is None else f"not text: {t!r:.40}"
+
+
+class _Bad:
+    """A table row that could not be read, with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _read_images(ids: list[str], paths: Sequence[Path], size: tuple[int, int] | None) -> Batch:
@@ -98,8 +117,12 @@ def _table(path: Path, column: str) -> Source:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    obj = {"_error": f"not valid JSON: {e}"}
-                rows.append((f"line {n}", obj.get(column) if isinstance(obj, dict) else None))
+                    rows.append((f"line {n}", _Bad(f"not valid JSON: {e}")))
+                    continue
+                if not isinstance(obj, dict) or column not in obj:
+                    rows.append((f"line {n}", _Bad(f"no {column!r} field")))
+                    continue
+                rows.append((f"line {n}", obj[column]))
     return Source("text", [r[0] for r in rows], [r[1] for r in rows])
 
 

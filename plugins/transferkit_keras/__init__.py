@@ -57,6 +57,7 @@ class KerasFramework(Framework):
     baselines = (Baseline("fit", "transferkit_keras.baselines:Fit"),)
     libraries = ("keras", "tensorflow", "tensorflow-cpu")
     process_env = (("TF_CPP_MIN_LOG_LEVEL", "2"), ("XLA_PYTHON_CLIENT_PREALLOCATE", "false"))
+    export_notes = (("onnx", "ONNX from Keras would need tf2onnx; export to savedmodel or tflite"),)
     exports = (
         ExportFormat(
             "savedmodel",

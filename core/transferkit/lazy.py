@@ -93,11 +93,6 @@ class LazyImages:
         return f"LazyImages({len(self)} images of {'x'.join(map(str, self._shape))})"
 
     # --- lazy access ------------------------------------------------------------------
-    def name(self, i: int) -> str:
-        """What the ``i``-th example is called (its path, or its index in the source)."""
-        j = int(self._index[i])
-        return self._names[j] if self._names is not None else str(j)
-
     def _one(self, j: int) -> np.ndarray:
         try:
             img = self._read(j)

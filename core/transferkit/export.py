@@ -67,12 +67,10 @@ def _owner(spec: Any, fmt_name: str) -> tuple[str, ExportFormat] | None:
     return others[0] if others else None
 
 
-def formats_for(spec: Any, peft: dict[str, Any] | None = None) -> list[str]:
+def formats_for(spec: Any) -> list[str]:
     """The formats a backbone exports to: its own framework's, and those of every
-    framework that realises its architecture. A model with LoRA modules exports to
-    none (merge-free LoRA graphs are not exported)."""
-    if peft:
-        return []
+    framework that realises its architecture (a model with LoRA modules exports to none,
+    which ``export`` says)."""
     return [name for name in sorted(owners()) if _owner(spec, name)]
 
 

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, EmptyDataError, InputDTypeError
-from .loaders import IMAGE_SUFFIXES, _rgb01, load_npz
-from .preprocess import resize
+from .loaders import IMAGE_SUFFIXES, _read_image, load_npz
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
@@ -76,17 +75,13 @@ class _Bad:
 
 
 def _read_images(ids: list[str], paths: Sequence[Path], size: tuple[int, int] | None) -> Batch:
-    from PIL import Image  # pillow comes with matplotlib; imported only here
-
     good, xs, failed = [], [], {}
     for i, p in zip(ids, paths, strict=True):
         try:
-            with Image.open(p) as im:
-                arr = _rgb01(im)
+            xs.append(_read_image(p, size))  # as the loaders decode and resize
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds on a bad file
             failed[i] = f"{type(e).__name__}: {e}"
             continue
-        xs.append(resize(arr[None], size)[0] if size else arr)
         good.append(i)
     return Batch(good, np.stack(xs) if xs else np.zeros((0, 1, 1, 3), np.float32), failed)
 

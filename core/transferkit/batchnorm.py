@@ -33,7 +33,9 @@ from . import metrics, validate
 from .errors import ConfigError, warn
 
 if TYPE_CHECKING:
+    from .batches import Inputs
     from .model import Model
+    from .training import Trainer
 
 MODES = ("train", "frozen", "recalibrate")
 #: chosen by ``benchmarks/batchnorm.py`` (README, "BatchNorm when fine-tuning")
@@ -110,3 +112,37 @@ def check_gap(model: Model, mode: str, loss: float, logits: np.ndarray, y: np.nd
         f"training loss of {loss:.3f} in the last epoch): the running statistics of its "
         f"BatchNorm layers do not match the data. {advice}"
     )
+
+
+def trained_groups(trainer: Trainer, epochs: int) -> set[str]:
+    """Backbone groups trained in the first ``epochs`` epochs of a fit (their BatchNorm
+    ran on batch statistics, unless ``batchnorm="frozen"``)."""
+    if trainer.batchnorm == "frozen" or trainer.uses_feature_cache():
+        return set()
+    plans = [trainer.policy.plan(trainer.groups, e) for e in range(epochs)]
+    return {g for p in plans for g, m in p.items() if m > 0 and g != "head"}
+
+
+def after_epochs(trainer: Trainer, inputs: Inputs, bounds: list, epochs: int) -> int:
+    """Recalibrate after ``epochs`` epochs when the fit asks for it; returns ``epochs``."""
+    if trainer.batchnorm == "recalibrate":
+        recalibrate(trainer.model, trained_groups(trainer, epochs), bounds, inputs.plain)
+    return epochs
+
+
+def check_fit(trainer: Trainer, inputs: Inputs, y: np.ndarray) -> None:
+    """Warn when the fitted model, in inference mode, predicts its training data much
+    worse than training says (the BatchNorm statistics do not match the data)."""
+    model = trainer.model
+    trained = trained_groups(trainer, trainer.epoch)
+    if not trainer.history.epochs or not layers(model, trained):
+        return
+    k = min(len(y), CHECKED)
+    predict = model.engine.predict
+    logits = np.concatenate(
+        [
+            np.asarray(predict(inputs.plain(np.arange(i, min(i + 128, k)))))
+            for i in range(0, k, 128)
+        ]
+    )
+    check_gap(model, trainer.batchnorm, trainer.history.epochs[-1]["loss"], logits, y[:k])

@@ -173,7 +173,8 @@ class Checkpoint(Callback):
         TrainState.check_target(self.path)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
-        trainer.state().save(self.path)
+        if trainer.model.engine.rank == 0:  # one writer when processes train together
+            trainer.state().save(self.path)
 
 
 def overrides(callback: Callback, event: str) -> bool:

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import cli_data, cli_deploy
+from . import cli_data, cli_deploy, launch
 from .cli_choose import add_parsers, lr_value
 from .errors import ConfigError, ModelDirError, TransferkitError
 from .runconfig import FIT_SCHEMA, load_labelled, run_config
@@ -167,8 +167,11 @@ def _fit(args: argparse.Namespace) -> int:
     if flags.get("hidden") == []:
         flags.pop("hidden")
     cfg.update(flags)
+    if launch.wanted(cfg):
+        return launch.launch(cfg)
     result = run_config(cfg)
-    print(json.dumps(result, indent=2))
+    if result.pop("rank") == 0:  # processes that fit together: rank 0 reports
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -282,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--alpha", type=float, help="l2sp: strength toward the starting weights")
     f.add_argument("--beta", type=float, help="l2sp/l2: L2 strength on the head (l2: on all)")
     f.add_argument("--anchor", help="l2sp: a .safetensors file to pull toward instead")
+    f.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"])
+    f.add_argument("--nproc", type=int, help="processes under the framework's launcher (ddp)")
+    f.add_argument("--strategy", choices=["ddp"], help="set by --nproc in each process")
     f.add_argument("--seed", type=int)
     f.add_argument("--out", help="directory to save the fitted model (default runs/model)")
     f.set_defaults(func=_fit)

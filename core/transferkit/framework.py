@@ -25,50 +25,15 @@ from typing import Any
 import numpy as np
 
 from .catalog import BackboneSpec
+from .declarations import Baseline, Variant
 from .errors import ConfigError, FrameworkNotInstalledError, WeightsError
 from .formats import ExportFormat, Serving
 from .heads import Head
 from .options import DEVICE, BuildOption, check_device
 from .regularizers import Penalty
+from .scaling import Scaling
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """A native loop that ``transferkit bench`` times the engine step against: what a user
-    of the framework writes for the same model, weights and batches. Declared by a
-    framework (:attr:`Framework.baselines`); the factory is imported in the case process.
-
-    ``factory``: ``"module:attr"`` of a callable ``(model, x, y, lr, twin) -> runner``.
-    ``model`` is the built :class:`~transferkit.Model` (use ``model.native`` and the
-    public API: copy its weights before either side trains), ``x`` the task's training
-    inputs as ``model.prepare`` returns them, ``y`` their labels, ``lr`` Adam's learning
-    rate, and ``twin()`` builds another model with the same weights (for a loop that
-    needs a model of its own). The runner has ``description`` (one line for the report),
-    ``steps_per_round`` (batches per call, usually 1) and ``run(batches)``: one training
-    step per index array in ``batches``, waiting for the last; it returns ``None`` (the
-    wall time is measured) or its own steady-state ms per step.
-
-    ``isolated``: run in a process of its own (a compiler that may hang or crash).
-    ``default``: run when a suite does not name this framework's baselines.
-    """
-
-    name: str
-    factory: str
-    isolated: bool = False
-    default: bool = True
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way of running a framework that is fixed per process (Keras's backend, say),
-    benchmarked as ``framework[variant]``: the modules it needs besides the framework's
-    own ``requires``, and the environment variables that select it in a fresh process."""
-
-    name: str
-    requires: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +84,10 @@ class Engine(ABC):
     #: statistics used, not updated; scale and shift still learn). Core sets it after
     #: ``start_training``, before the first ``set_plan``; see ``transferkit.batchnorm``.
     batchnorm: str = "train"
+    #: this process's rank among the processes that train together, and their number
+    #: (set by :meth:`set_scaling`; 0 and 1 in one process)
+    rank: int = 0
+    world: int = 1
 
     # --- weights -----------------------------------------------------------------
     @abstractmethod
@@ -199,6 +168,19 @@ class Engine(ABC):
         """Restore what ``training_state`` returned. Called after ``start_training`` and
         after the ``set_plan`` of the plan the state was saved under, so the optimizer
         state can be put straight into the optimizer built for that plan."""
+
+    def set_scaling(self, scaling: Scaling) -> None:
+        """Train under ``scaling`` (see :mod:`transferkit.scaling`); called before
+        ``start_training``, with a precision and strategy core has checked against the
+        framework's declarations. ``precision``: compute the steps in it, keeping the
+        weights and optimizer state float32. ``strategy``: join the processes the
+        framework's launcher started and set :attr:`rank` and :attr:`world`; from then on
+        every ``train_step`` gets the whole global batch in every process, computes on
+        ``scaling.shard(len(y), rank, world)``, reduces the gradients so the update is one
+        process's on the whole batch, and returns the whole batch's loss. Collectives wait
+        at most ``scaling.timeout`` seconds."""
+        if not scaling.default:
+            raise ConfigError(f"{type(self).__name__} trains in one process, in float32")
 
     def set_penalty(self, penalty: Penalty | None) -> None:
         """Add ``Σ c/2 · ‖w − a‖²`` (:class:`~transferkit.regularizers.Penalty`: canonical
@@ -352,6 +334,18 @@ class Framework(ABC):
     libraries: tuple[str, ...] = ()
     #: environment defaults of a fresh process that runs it (the user's settings win)
     process_env: tuple[tuple[str, str], ...] = ()
+
+    # --- scaling (``tk.fit(precision=..., strategy=...)``, ``transferkit fit --nproc``) --
+    #: the precisions its engines train in (:data:`transferkit.scaling.PRECISIONS`)
+    precisions: tuple[str, ...] = ("32",)
+    #: its multi-process strategies (``"ddp"``), started by :meth:`launcher`
+    strategies: tuple[str, ...] = ()
+
+    def launcher(self, nproc: int) -> list[str]:
+        """The command that starts ``nproc`` processes of ``python -m transferkit``
+        (followed by the CLI's arguments) under this framework's own launcher, each
+        joining with ``strategy="ddp"``. Must not import the framework."""
+        raise ConfigError(f"the {self.name} framework trains in one process only")
 
     # --- deployment (``model.export``, ``transferkit export``) ------------------------
     #: the formats this framework writes from its realisation of a model

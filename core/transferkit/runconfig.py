@@ -32,6 +32,9 @@ FIT_DEFAULTS: dict[str, Any] = {
     "freeze_options": {},
     "regularizer": "none",
     "batchnorm": None,  # None: tk.fit's default
+    "precision": "32",
+    "strategy": None,
+    "nproc": 1,
 }
 
 
@@ -95,6 +98,14 @@ FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
         _one_of("recalibrate", "frozen", "train"),
         '"frozen"',
     ),
+    "precision": (
+        '"32", "bf16-mixed" or "16-mixed"',
+        _one_of("32", "bf16-mixed", "16-mixed"),
+        '"bf16-mixed"',
+    ),
+    "strategy": ('"ddp"', _one_of("ddp"), '"ddp"'),
+    "nproc": ("an integer >= 1 (processes, started by the framework's launcher)",
+              _int_at_least(1), "2"),  # fmt: skip
     "alpha": ("a number >= 0 (l2sp)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "beta": ("a number >= 0 (l2sp, l2)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "anchor": ("a .safetensors path (l2sp)", _is_text, '"pretrained.safetensors"'),
@@ -246,10 +257,14 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         seed=cfg["seed"],
         regularizer=regularizer,
         batchnorm=cfg["batchnorm"],
+        precision=cfg["precision"],
+        strategy=cfg["strategy"],
     )
-    out = model.save(cfg["out"])
+    out = model.save(cfg["out"])  # rank 0 writes when processes trained together
+    result = {"out": str(out), "epochs": len(history), "rank": model.engine.rank}
+    if model.engine.rank != 0:
+        return result
     history.to_csv(out / "history.csv")
-    result = {"out": str(out), "epochs": len(history)}
     if val is not None:
         result["val"] = model.evaluate(val)
     return result

@@ -20,6 +20,8 @@ def save(model: Model, path: str | Path) -> Path:
     """Write ``model`` to the directory ``path`` (see :meth:`Model.save`)."""
     if not isinstance(path, (str, Path)) or not str(path):
         raise ConfigError(f"save() needs a directory path, got {path!r:.60}")
+    if model.engine.rank != 0:  # processes that trained together: rank 0 writes
+        return Path(path)
 
     def fill(tmp: Path) -> None:
         wio.save(model.get_weights(), tmp / WEIGHTS_FILE, {"format": FORMAT})

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import batchnorm as bn
-from . import metrics, probe, validate
+from . import metrics, probe, scaling, validate
 from . import weights as wio
 from .batches import Inputs
 from .callbacks import (
@@ -68,6 +68,9 @@ class Trainer:
         verbose: int | str = "auto",
         regularizer: Regularizer | None = None,
         batchnorm: str | None = None,
+        precision: str | None = None,
+        strategy: str | None = None,
+        timeout: float | None = None,
     ):
         if not isinstance(model, Model):
             raise ConfigError(
@@ -105,6 +108,7 @@ class Trainer:
             )
         self.regularizer = regularizer
         self.batchnorm = bn.check(bn.DEFAULT if batchnorm is None else batchnorm)
+        self.scaling = scaling.check(model._framework, precision, strategy, timeout)
         self.model = model
         self.policy = freeze if freeze is not None else FullFineTune()
         if not isinstance(self.policy, FreezePolicy):
@@ -206,6 +210,12 @@ class Trainer:
             self.rng.bit_generator.state = st.rng
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
         self.penalty = self._penalty(st)  # anchored before any step
+        engine.set_scaling(self.scaling)
+        if self.batch_size < engine.world:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is the global batch, split over "
+                f"{engine.world} processes; give at least {engine.world}"
+            )
         engine.start_training(self.optimizer, self.seed)
         engine.set_penalty(self.penalty)
         engine.batchnorm = "frozen" if self.batchnorm == "frozen" else "train"
@@ -223,11 +233,12 @@ class Trainer:
         if not (cached and self.solve_head):
             self._warn_ineffective(cached, total_steps)
         # fit's own services first, so that user callbacks see this epoch in the history
-        callbacks: list[Callback] = [self.history, ProgressLogger(self.verbose)]
+        verbose = self.verbose if engine.rank == 0 else 0  # one progress display
+        callbacks: list[Callback] = [self.history, ProgressLogger(verbose)]
         callbacks += self.user_callbacks + ([self.checkpoint] if self.checkpoint else [])
         per_batch = [c for c in callbacks if overrides(c, "on_batch_begin")]
         after_batch = [c for c in callbacks if overrides(c, "on_batch_end")]
-        if self.verbose in (0, False):
+        if verbose in (0, False):
             after_batch = [c for c in after_batch if not isinstance(c, ProgressLogger)]
         solving = cached and self.solve_head and st is None and self.policy.peft is None
         if solving:
@@ -290,7 +301,7 @@ class Trainer:
                 if regs:
                     logs["reg_loss"] = float(np.mean([float(v) for v in regs]))
                 if looks or self.epoch + 1 == self.epochs:
-                    recalibrated = self._recalibrate(inputs, bounds, self.epoch + 1)
+                    recalibrated = bn.after_epochs(self, inputs, bounds, self.epoch + 1)
                 if val_inputs is not None:
                     logs.update(self._validate(val_inputs, yv, predict_val))
                 logs["time"] = time.perf_counter() - t0
@@ -298,42 +309,13 @@ class Trainer:
                 for cb in callbacks:
                     cb.on_epoch_end(self, self.epoch - 1, logs)
             if recalibrated != self.epoch:
-                self._recalibrate(inputs, bounds, self.epoch)
+                bn.after_epochs(self, inputs, bounds, self.epoch)
         finally:
             engine.end_training()
-        self._check_batchnorm(inputs, y)
+        bn.check_fit(self, inputs, y)
         for cb in callbacks:
             cb.on_train_end(self)
         return self.history
-
-    def _trained_groups(self, epochs: int) -> set[str]:
-        """Backbone groups trained in the first ``epochs`` epochs (their BatchNorm ran
-        on batch statistics, unless ``batchnorm="frozen"``)."""
-        if self.batchnorm == "frozen" or self.uses_feature_cache():
-            return set()
-        plans = [self.policy.plan(self.groups, e) for e in range(epochs)]
-        return {g for p in plans for g, m in p.items() if m > 0 and g != "head"}
-
-    def _recalibrate(self, inputs: Inputs, bounds: list, epochs: int) -> int:
-        if self.batchnorm == "recalibrate":
-            bn.recalibrate(self.model, self._trained_groups(epochs), bounds, inputs.plain)
-        return epochs
-
-    def _check_batchnorm(self, inputs: Inputs, y: np.ndarray) -> None:
-        """Warn when the fitted model, in inference mode, predicts its training data much
-        worse than training says (the BatchNorm statistics do not match the data)."""
-        trained = self._trained_groups(self.epoch)
-        if not self.history.epochs or not bn.layers(self.model, trained):
-            return
-        k = min(len(y), bn.CHECKED)
-        predict = self.model.engine.predict
-        logits = np.concatenate(
-            [
-                np.asarray(predict(inputs.plain(np.arange(i, min(i + 128, k)))))
-                for i in range(0, k, 128)
-            ]
-        )
-        bn.check_gap(self.model, self.batchnorm, self.history.epochs[-1]["loss"], logits, y[:k])
 
     def _warn_ineffective(self, cached: bool, total_steps: int) -> None:
         """Settings that cannot take effect in this run are said once, not ignored."""
@@ -374,7 +356,10 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     (``tk.regularizers.L2SP(alpha, beta)`` or ``L2(beta)``; history then logs
     ``reg_loss`` beside the task ``loss``), ``batchnorm`` (``"recalibrate"``, the default,
     ``"frozen"`` or ``"train"``: how the BatchNorm layers of trained groups treat their
-    running statistics; see ``transferkit.batchnorm``).
+    running statistics; see ``transferkit.batchnorm``), ``precision`` (``"32"``,
+    ``"bf16-mixed"``, ``"16-mixed"``), ``strategy`` (``None`` or ``"ddp"``, in processes
+    started by the framework's launcher: ``transferkit fit --nproc N``) and ``timeout``
+    (seconds a process waits for the others); see ``transferkit.scaling``.
 
     Example::
 

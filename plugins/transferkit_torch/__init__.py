@@ -6,9 +6,11 @@ registered as metadata; torch is imported when a model is built.
 
 from __future__ import annotations
 
+import sys
+
 from transferkit import hookimpl
 from transferkit.formats import ExportFormat
-from transferkit.framework import Baseline, Framework
+from transferkit.framework import Baseline, BuildOption, Framework
 from transferkit.reference import REFERENCE, reference_spec
 
 #: the formats PyTorch's machinery writes (the Hugging Face adapter writes them too)
@@ -38,6 +40,21 @@ class TorchFramework(Framework):
         Baseline("compile", "transferkit_torch.baselines:Compiled", isolated=True),
     )
     exports = (ONNX, TORCH_EXPORT)
+    options = (
+        BuildOption(
+            "compile", (bool,), False, "compile training and inference steps (torch.compile)"
+        ),
+    )
+    precisions = ("32", "bf16-mixed", "16-mixed")
+    strategies = ("ddp",)
+
+    def launcher(self, nproc):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "transferkit",
+        ]
 
     def device_name(self, model):
         from .baselines import device_name

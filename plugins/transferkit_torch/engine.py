@@ -14,6 +14,9 @@ from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
 from transferkit.errors import ConfigError, FrameworkNotInstalledError
 from transferkit.heads import DenseLayer
 from transferkit.regularizers import Penalty
+from transferkit.scaling import Scaling, shard
+
+from . import scaling as tscaling
 
 _NOT_WEIGHTS = ("num_batches_tracked",)
 _BN = nn.modules.batchnorm._BatchNorm
@@ -97,7 +100,12 @@ def _entry(seen: Mapping[str, torch.Tensor], group: str, backbone: str) -> np.nd
 
 class TorchEngine(Engine):
     def __init__(
-        self, spec: BackboneSpec, backbone: nn.Module, head: Head, device: str = "auto"
+        self,
+        spec: BackboneSpec,
+        backbone: nn.Module,
+        head: Head,
+        device: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.spec = spec
         self.backbone = backbone
@@ -122,6 +130,11 @@ class TorchEngine(Engine):
         self.head_only = False
         self._penalty: dict[str, tuple[float, torch.Tensor | None]] | None = None
         self._penalised: list[tuple[nn.Parameter, float, torch.Tensor | None]] = []
+        self._compile = compile
+        self._compiled: dict[int, nn.Module] = {}  # id(module) -> torch.compile(module)
+        self._autocast: torch.dtype | None = None
+        self._scaler: torch.amp.GradScaler | None = None
+        self._ddp: nn.Module | None = None  # the trained module under DDP, per plan
 
     def _index_parameters(self) -> None:
         self._named = dict(self.native.named_parameters())
@@ -187,17 +200,17 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def features(self, x: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.backbone(self.to_input(x)).cpu().numpy()
+        return self._run(self.backbone)(self.to_input(x)).float().cpu().numpy()
 
     @torch.inference_mode()
     def head_predict(self, f: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.native.head(self._tensor(f)).cpu().numpy()
+        return self._run(self.native.head)(self._tensor(f)).cpu().numpy()
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
         self._eval()
-        return self.native(self.to_input(x)).cpu().numpy()
+        return self._run(self.native)(self.to_input(x)).cpu().numpy()
 
     @torch.inference_mode()
     def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -234,7 +247,44 @@ class TorchEngine(Engine):
         t = torch.from_numpy(np.asarray(a))
         return t.float().to(self.device) if t.is_floating_point() else t.to(self.device)
 
+    def _run(self, module: nn.Module) -> nn.Module:
+        """``module``, compiled with ``torch.compile`` when the model was built with
+        ``compile=True`` (once per module; its guards recompile what a plan changes)."""
+        if not self._compile:
+            return module
+        if id(module) not in self._compiled:
+            self._compiled[id(module)] = torch.compile(module)
+        return self._compiled[id(module)]
+
     # --- training ------------------------------------------------------------------
+    def set_scaling(self, scaling: Scaling) -> None:
+        self._autocast = tscaling.check_precision(scaling.precision, self.device)
+        fp16 = self._autocast is torch.float16
+        self._scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        if scaling.strategy == "ddp":
+            device, self.rank, self.world = tscaling.join(self.device, scaling.timeout)
+            if device != self.device:
+                self.device = device
+                self.native.to(device)
+
+    def _trained_module(self, inputs: Any) -> nn.Module:
+        """What a step runs: the head on cached features, else the whole model; under
+        DDP wrapped once per plan (``find_unused_parameters`` only when a trainable
+        parameter takes no part in the loss)."""
+        module = self.native.head if self.head_only else self.native
+        if self.world > 1:
+            if self._ddp is None:
+                module.eval()
+                try:
+                    with torch.enable_grad():
+                        used = tscaling.reached(module(inputs))
+                finally:
+                    self._train_mode()
+                unused = any(p.requires_grad and id(p) not in used for p in module.parameters())
+                self._ddp = tscaling.wrap(module, self.device, unused)
+            module = self._ddp
+        return self._run(module)
+
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
         torch.manual_seed(seed)
         groups: dict[str, list[nn.Parameter]] = {}
@@ -269,6 +319,7 @@ class TorchEngine(Engine):
             p.requires_grad_(train)
         for pg in self.optimizer.param_groups:
             pg["mult"] = self.multiples.get(pg["group"], 0.0)
+        self._ddp = None  # DDP registers the parameters that train under a plan
         self._penalised = [
             (self._named[n], c, a)
             for n, (c, a) in (self._penalty or {}).items()
@@ -331,31 +382,52 @@ class TorchEngine(Engine):
             self._train_mode()
         for pg in self.optimizer.param_groups:
             pg["lr"] = lr * pg["mult"]
+        n = len(y)
+        if self.world > 1:  # this process's shard of the global batch
+            part = shard(n, self.rank, self.world)
+            x, y = x[part], y[part]
         inputs = self._tensor(x) if self.head_only else self.to_input(x)
-        out = self.native.head(inputs) if self.head_only else self.native(inputs)
+        module = self._trained_module(inputs)
+        dtype = self._autocast
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+            out = module(inputs)
         target = self._tensor(y)
+        out = out.float()
         loss = (
             F.cross_entropy(out, target)
             if self.loss == "cross_entropy"
             else F.mse_loss(out, target)
         )
-        if self._penalty is None:
-            total = loss
-        else:
+        # DDP averages the processes' gradients: each weighs its mean by its share, so
+        # the update is the whole batch's mean whatever the shard sizes
+        total = loss * (len(y) * self.world / n) if self.world > 1 else loss
+        if self._penalty is not None:
             reg = out.new_zeros(())
             for p, c, a in self._penalised:
                 reg = reg + (c / 2) * torch.sum(torch.square(p if a is None else p - a))
-            total = loss + reg
+            total = total + reg
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        return loss.detach() if self._penalty is None else (loss.detach(), reg.detach())
+        if self._scaler is not None:  # float16: the loss scaled against underflow
+            self._scaler.scale(total).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+        loss = loss.detach()
+        if self.world > 1:
+            loss = tscaling.all_sum(loss * (len(y) / n))
+        return loss if self._penalty is None else (loss, reg.detach())
 
     def end_training(self) -> None:
         self._eval()
 
     def training_state(self) -> dict[str, np.ndarray]:
         state = {"rng.torch": torch.get_rng_state().numpy().copy()}
+        if self._scaler is not None:
+            amp = self._scaler.state_dict()
+            state["amp.scale"] = np.float64(amp["scale"])
+            state["amp.growth_tracker"] = np.int64(amp["_growth_tracker"])
         for p, s in self.optimizer.state.items():
             name = self._param_name[id(p)]
             for key, value in s.items():
@@ -365,6 +437,11 @@ class TorchEngine(Engine):
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
         if "rng.torch" in state:
             torch.set_rng_state(torch.from_numpy(np.asarray(state["rng.torch"], np.uint8)))
+        if self._scaler is not None and "amp.scale" in state:
+            amp = self._scaler.state_dict()
+            amp["scale"] = float(state["amp.scale"])
+            amp["_growth_tracker"] = int(state["amp.growth_tracker"])
+            self._scaler.load_state_dict(amp)
         self.optimizer.state.clear()
         for key, value in state.items():
             if not key.startswith("opt."):
@@ -382,7 +459,8 @@ def build_engine(
     input_shape: tuple[int, ...],
     seed: int,
     device: str = "auto",
+    compile: bool = False,
 ) -> TorchEngine:
     torch.manual_seed(seed)
     backbone = spec.create(nn.Module, input_shape=input_shape)
-    return TorchEngine(spec, backbone, head, device)
+    return TorchEngine(spec, backbone, head, device, compile)

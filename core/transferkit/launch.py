@@ -1,0 +1,64 @@
+"""``transferkit fit --nproc N``: start N processes under the framework's own launcher
+(``torchrun`` for PyTorch and Hugging Face, ...), each running the same fit with
+``strategy = "ddp"``. Everything that can be checked is checked here, before anything
+launches; the run description travels to the processes as a TOML file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+#: set in the launched processes, so that they fit rather than launch again
+CHILD_ENV = "TRANSFERKIT_LAUNCHED"
+
+
+def wanted(cfg: dict[str, Any]) -> bool:
+    """Whether this ``transferkit fit`` should launch processes rather than fit."""
+    return (cfg.get("nproc") or 1) > 1 and not os.environ.get(CHILD_ENV)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans read the same in TOML
+
+
+def launch(cfg: dict[str, Any]) -> int:
+    """Check the run, then start ``cfg["nproc"]`` processes of it; returns their exit
+    status (non-zero when any process failed: the launcher stops the others)."""
+    from . import freeze
+    from .builder import _spec
+    from .plugins import registry
+    from .runconfig import _check_out, _regularizer, validate_run_description
+    from .scaling import check, check_nproc
+
+    validate_run_description(cfg)
+    if not cfg.get("backbone") or not cfg.get("data"):
+        raise ConfigError("`transferkit fit` needs backbone and data (--backbone, --data)")
+    if cfg.get("strategy") not in (None, "ddp"):
+        raise ConfigError(f"--nproc runs strategy 'ddp'; got strategy {cfg['strategy']!r}")
+    spec = _spec(cfg["backbone"])
+    framework = registry().framework(spec.framework)
+    check_nproc(cfg["nproc"], framework)
+    check(framework, cfg.get("precision"), "ddp")
+    freeze.from_name(cfg.get("freeze", "full"), **cfg.get("freeze_options", {}))
+    _regularizer({"regularizer": "none", **cfg})
+    _check_out(cfg.get("out", "runs/model"))
+    run = {k: v for k, v in cfg.items() if v is not None and k != "nproc"}
+    run["strategy"] = "ddp"
+    with tempfile.TemporaryDirectory(prefix="transferkit-launch-") as tmp:
+        description = Path(tmp) / "fit.toml"
+        description.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in run.items()))
+        command = [*framework.launcher(cfg["nproc"]), "fit", "--config", str(description)]
+        print(f"launching {cfg['nproc']} processes: {' '.join(command)}", file=sys.stderr)
+        env = {**os.environ, CHILD_ENV: "1"}
+        return subprocess.run(command, env=env, check=False).returncode

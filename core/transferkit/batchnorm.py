@@ -140,9 +140,6 @@ def check_fit(trainer: Trainer, inputs: Inputs, y: np.ndarray) -> None:
     k = min(len(y), CHECKED)
     predict = model.engine.predict
     logits = np.concatenate(
-        [
-            np.asarray(predict(inputs.plain(np.arange(i, min(i + 128, k)))))
-            for i in range(0, k, 128)
-        ]
+        [np.asarray(predict(inputs.plain(np.arange(i, min(i + 128, k))))) for i in range(0, k, 128)]
     )
     check_gap(model, trainer.batchnorm, trainer.history.epochs[-1]["loss"], logits, y[:k])

@@ -290,9 +290,14 @@ class Framework(ABC):
         known = {o.name: o for o in self.build_options(spec)}
         unknown = sorted(set(options) - set(known))
         if unknown:
+            from .plugins import registry
+
+            owners = {u: [f.name for f in registry().frameworks.values() if u in _names(f)]
+                      for u in unknown}  # fmt: skip
             raise ConfigError(
                 f"unknown option(s) {', '.join(unknown)} for {spec.name!r}; the {self.name} "
                 f"framework takes {', '.join(o.describe() for o in known.values())}"
+                + "".join(f" ({u} is an option of {', '.join(n)})" for u, n in owners.items() if n)
             )
         out = {}
         for key, value in options.items():
@@ -387,3 +392,7 @@ class Framework(ABC):
         pooling are not counted. The benchmark derives FLOPs from it. ``None``: this
         framework cannot count them. May import the framework."""
         return None
+
+
+def _names(framework: Framework) -> set[str]:
+    return {o.name for o in framework.options}

@@ -104,8 +104,7 @@ FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
         '"bf16-mixed"',
     ),
     "strategy": ('"ddp"', _one_of("ddp"), '"ddp"'),
-    "nproc": ("an integer >= 1 (processes, started by the framework's launcher)",
-              _int_at_least(1), "2"),  # fmt: skip
+    "nproc": ("an integer >= 1 (processes under the launcher)", _int_at_least(1), "2"),
     "alpha": ("a number >= 0 (l2sp)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "beta": ("a number >= 0 (l2sp, l2)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "anchor": ("a .safetensors path (l2sp)", _is_text, '"pretrained.safetensors"'),

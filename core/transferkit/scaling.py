@@ -70,8 +70,7 @@ def check(
     if precision not in framework.precisions:
         raise ConfigError(
             f"the {framework.name} framework does not train in precision={precision!r}; it "
-            f"offers {', '.join(framework.precisions)}"
-            + _offering(precision, "precisions", others)
+            f"offers {', '.join(framework.precisions)}" + _offering(precision, "precisions", others)
         )
     if strategy is not None:
         if strategy not in STRATEGIES:

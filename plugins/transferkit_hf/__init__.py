@@ -15,7 +15,7 @@ from pathlib import Path
 from transferkit import BackboneSpec, WeightSource, hookimpl
 from transferkit.errors import ConfigError
 from transferkit.framework import Baseline, BuildOption, Framework
-from transferkit_torch import ONNX, TORCH_EXPORT
+from transferkit_torch import ONNX, TORCH_EXPORT, TorchFramework
 
 #: model types whose encoder layers live under ``transformer.layer`` instead of
 #: ``encoder.layer``
@@ -74,6 +74,10 @@ class HFFramework(Framework):
     requires = ("transformers", "torch")
     description = "Hugging Face Transformers encoders (PyTorch)"
     baselines = (Baseline("eager", "transferkit_hf.baselines:Eager"),)
+    # trains through the PyTorch adapter's steps, so it scales the same way
+    precisions = TorchFramework.precisions
+    strategies = TorchFramework.strategies
+    launcher = TorchFramework.launcher
 
     def device_name(self, model):
         from .baselines import device_name

@@ -22,8 +22,7 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
     dtype = AUTOCAST[precision]
     if dtype is not None and not torch.amp.is_autocast_available(device.type):
         raise ConfigError(
-            f"precision={precision!r}: PyTorch has no autocast on {device.type}; use "
-            "precision='32'"
+            f"precision={precision!r}: PyTorch has no autocast on {device.type}; use precision='32'"
         )
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(

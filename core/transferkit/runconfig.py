@@ -261,11 +261,10 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     out = model.save(cfg["out"])  # rank 0 writes when processes trained together
     result = {"out": str(out), "epochs": len(history), "rank": model.engine.rank}
-    if model.engine.rank != 0:
-        return result
-    history.to_csv(out / "history.csv")
-    if val is not None:
+    if val is not None:  # in every process: a model spread over them computes together
         result["val"] = model.evaluate(val)
+    if model.engine.rank == 0:
+        history.to_csv(out / "history.csv")
     return result
 
 

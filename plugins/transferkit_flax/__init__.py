@@ -30,6 +30,13 @@ class FlaxFramework(Framework):
         BuildOption("data_parallel", (bool,), False, "shard batches over all local devices"),
     )
     baselines = (Baseline("jit", "transferkit_flax.baselines:Jit"),)
+    precisions = ("32", "bf16-mixed")
+    strategies = ("ddp",)
+
+    def launcher(self, nproc):
+        from .launch import launcher
+
+        return launcher(nproc)
     libraries = ("jax", "jaxlib", "flax", "optax")
     process_env = (("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),)  # share a GPU politely
     exports = (

@@ -22,6 +22,9 @@ from transferkit import BackboneSpec, Engine, Head, OptimizerSpec, layout
 from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
 from transferkit.regularizers import Penalty
+from transferkit.scaling import Scaling
+
+from . import scaling as jscaling
 
 # Flax leaf name -> canonical (PyTorch) leaf name
 _LEAF = {
@@ -73,6 +76,7 @@ class FlaxModel(nnx.Module):
 
 
 def _loss(kind: str, out: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+    out = out.astype(jnp.float32)  # a reduced compute dtype stops before the loss
     if kind == "cross_entropy":
         per = optax.softmax_cross_entropy_with_integer_labels(out, y)
     else:
@@ -131,6 +135,7 @@ class FlaxEngine(Engine):
         self._tx = None
         self._key = jax.random.key(0)
         self._penalty: Penalty | None = None
+        self._dtype: Any = None  # the steps' compute dtype (None: the parameters')
 
     def _find_norms(self) -> list[tuple[nnx.BatchNorm, str]]:
         norms = []
@@ -213,7 +218,9 @@ class FlaxEngine(Engine):
         pad = (-n) % ndev
         if pad:
             x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
-        return jax.device_put(x, NamedSharding(self.mesh, PartitionSpec("data"))), n
+        # each process places the rows of its own devices (all of them in one process)
+        sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), n
 
     def _place(self, tree: Any) -> Any:
         """Replicated over the mesh, committed to the chosen device, or left where JAX's
@@ -227,7 +234,7 @@ class FlaxEngine(Engine):
     def features(self, x: np.ndarray) -> np.ndarray:
         graph, params, stats = self._eval_state()
         xb, n = self._put(np.asarray(x, np.float32))
-        return np.asarray(_features(graph, params, stats, xb))[:n]
+        return jscaling.fetch(_features(graph, params, stats, xb))[:n]
 
     def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         graph, params, stats = self._eval_state()
@@ -236,7 +243,9 @@ class FlaxEngine(Engine):
         xb, n = self._put(np.asarray(x, np.float32))
         out = _group_features(graph, self._entries, self.spec.name, params, stats, xb)
         names = self.spec.group_names
-        return {g: np.asarray(v, np.float32)[:n] for g, v in zip(names, out, strict=True)}
+        return {
+            g: jscaling.fetch(v).astype(np.float32)[:n] for g, v in zip(names, out, strict=True)
+        }
 
     def _group_entries(self) -> tuple[tuple[str, tuple[tuple, ...]], ...]:
         """Per layer group after the first: its name and the paths of its outermost
@@ -268,14 +277,26 @@ class FlaxEngine(Engine):
     def head_predict(self, f: np.ndarray) -> np.ndarray:
         graph, params, stats = self._eval_state()
         fb, n = self._put(np.asarray(f, np.float32))
-        return np.asarray(_head(graph, params, stats, fb))[:n]
+        return jscaling.fetch(_head(graph, params, stats, fb))[:n]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         graph, params, stats = self._eval_state()
         xb, n = self._put(np.asarray(x, np.float32))
-        return np.asarray(_predict(graph, params, stats, xb))[:n]
+        return jscaling.fetch(_predict(graph, params, stats, xb))[:n]
 
     # --- training ---------------------------------------------------------------------
+    def set_scaling(self, scaling: Scaling) -> None:
+        self._dtype = jscaling.COMPUTE[scaling.precision]
+        if scaling.strategy == "ddp":
+            if self.device is not None:
+                raise ConfigError(
+                    "strategy='ddp' shards over every process's devices; it cannot be "
+                    "combined with device=... (leave device='auto')"
+                )
+            self.rank, self.world = jscaling.join()
+            self.mesh = Mesh(np.array(jax.devices()), ("data",))  # every process's
+            self._eval_cache = None
+
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
         self._tx = _transform(optimizer)
         self._key = jax.random.key(seed)
@@ -305,9 +326,10 @@ class FlaxEngine(Engine):
             m.use_running_average = (
                 self.head_only or self.multiples[group] == 0 or self.batchnorm == "frozen"
             )
-        graph, tr, fr, st = nnx.split(
-            self.native, nnx.All(nnx.Param, self._trainable), nnx.Param, nnx.BatchStat
-        )
+        with jscaling.compute_dtype(self.native, self._dtype):  # the step's graph keeps it
+            graph, tr, fr, st = nnx.split(
+                self.native, nnx.All(nnx.Param, self._trainable), nnx.Param, nnx.BatchStat
+            )
         mults = jax.tree_util.tree_map_with_path(
             lambda p, _: self.multiples[self._group(tuple(k.key for k in p if hasattr(k, "key")))],
             tr,
@@ -394,7 +416,8 @@ class FlaxEngine(Engine):
             graph, params, stats = nnx.split(self.native, nnx.Param, nnx.BatchStat)
             params, stats = self._place((params, stats))
             # unpadded, even over a mesh: padding rows would enter the statistics
-            new = _batch_stats(graph, params, stats, np.asarray(x, np.float32))
+            xr = self._place(np.asarray(x, np.float32))  # replicated over a mesh
+            new = _batch_stats(graph, params, stats, xr)
         finally:
             for m, running, momentum in saved:
                 m.use_running_average, m.momentum = running, momentum
@@ -538,6 +561,7 @@ def build_engine(
     data_parallel: bool = False,
     device: str = "auto",
 ) -> FlaxEngine:
+    jscaling.initialize_from_env()  # a launched process joins before JAX computes
     rngs = nnx.Rngs(seed)
     backbone = spec.create(nnx.Module, input_shape=input_shape, rngs=rngs)
     model = FlaxModel(backbone, FlaxHead(head.dense_layers(spec.feature_size), rngs))

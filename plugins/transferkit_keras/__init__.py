@@ -54,6 +54,7 @@ class KerasFramework(Framework):
     extra = "keras"
     requires = ("keras",)
     description = "Keras 3 (tensorflow, jax or torch backend), compiled Keras steps"
+    precisions = ("32", "bf16-mixed", "16-mixed")
     baselines = (Baseline("fit", "transferkit_keras.baselines:Fit"),)
     libraries = ("keras", "tensorflow", "tensorflow-cpu")
     process_env = (("TF_CPP_MIN_LOG_LEVEL", "2"), ("XLA_PYTHON_CLIENT_PREALLOCATE", "false"))

@@ -27,6 +27,9 @@ from transferkit import BackboneSpec, Engine, Head, OptimizerSpec, layout
 from transferkit.errors import ConfigError
 from transferkit.heads import DenseLayer
 from transferkit.regularizers import Penalty
+from transferkit.scaling import Scaling
+
+from . import scaling as kscaling
 
 # Keras variable name -> canonical (PyTorch) leaf name
 _LEAF = {
@@ -324,6 +327,7 @@ class KerasEngine(Engine):
         self._penalised = False
         self._trained: keras.Model | None = None
         self._group_probe: keras.Model | None = None  # built on first group_features
+        self._precision = "32"
 
     # --- naming -----------------------------------------------------------------------
     def _index(self) -> list[Weight]:
@@ -474,6 +478,11 @@ class KerasEngine(Engine):
         return gens
 
     @_on_device
+    def set_scaling(self, scaling: Scaling) -> None:
+        if scaling.strategy is not None:
+            super().set_scaling(scaling)
+        self._precision = scaling.precision
+
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
         self._optimizer_spec = optimizer
         self._optimizer = None
@@ -503,6 +512,7 @@ class KerasEngine(Engine):
             if self.loss == "cross_entropy"
             else keras.losses.MeanSquaredError()
         )
+        kscaling.set_policy(self.native, self._precision)  # compile() sees the policy
         self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile="auto")
 
     def _pin(self) -> None:
@@ -600,7 +610,8 @@ class KerasEngine(Engine):
         return float(total) - reg, reg
 
     def end_training(self) -> None:
-        pass
+        if self._precision != "32":  # inference computes in float32
+            kscaling.set_policy(self.native, "32")
 
     def _optimizer_slots(self) -> dict[str, np.ndarray]:
         out = {}

@@ -177,8 +177,9 @@ class Engine(ABC):
         framework's launcher started and set :attr:`rank` and :attr:`world`; from then on
         every ``train_step`` gets the whole global batch in every process, computes on
         ``scaling.shard(len(y), rank, world)``, reduces the gradients so the update is one
-        process's on the whole batch, and returns the whole batch's loss. Collectives wait
-        at most ``scaling.timeout`` seconds."""
+        process's on the whole batch, and returns the whole batch's loss;
+        ``end_training`` waits for every process. Collectives wait at most
+        ``scaling.timeout`` seconds."""
         if not scaling.default:
             raise ConfigError(f"{type(self).__name__} trains in one process, in float32")
 

@@ -421,6 +421,8 @@ class TorchEngine(Engine):
 
     def end_training(self) -> None:
         self._eval()
+        if self.world > 1:  # rank 0's last checkpoint is written before anyone goes on
+            tscaling.barrier()
 
     def training_state(self) -> dict[str, np.ndarray]:
         state = {"rng.torch": torch.get_rng_state().numpy().copy()}

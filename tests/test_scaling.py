@@ -83,6 +83,19 @@ def test_ddp_outside_a_launcher_is_refused():
         tk.fit(m, _train(), epochs=1, strategy="ddp", **FIT)
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_a_batch_too_small_to_split_over_the_processes_is_refused():
+    m = tk.build("torch:mlp", head=tk.Classifier(5), weights=None)
+    m.engine.world = 3  # as if three processes had joined
+    before = m.get_weights()
+    train = _train()
+    few = tk.Dataset(train.x[:4], train.y[:4], train.classes)
+    with pytest.raises(ConfigError, match=r"a batch of 2 examples cannot be split over 3 proc"):
+        tk.fit(m, few, epochs=1, **dict(FIT, batch_size=2))
+    after = m.get_weights()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
 def test_flax_ddp_without_jax_distributed_is_refused():
     m = tk.build("flax:mlp", head=tk.Classifier(5), weights=None)

@@ -210,12 +210,7 @@ class Trainer:
             self.rng.bit_generator.state = st.rng
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
         self.penalty = self._penalty(st)  # anchored before any step
-        engine.set_scaling(self.scaling)
-        if self.batch_size < engine.world:
-            raise ConfigError(
-                f"batch_size={self.batch_size} is the global batch, split over "
-                f"{engine.world} processes; give at least {engine.world}"
-            )
+        engine.set_scaling(self.scaling)  # batch_size stays the global batch
         engine.start_training(self.optimizer, self.seed)
         engine.set_penalty(self.penalty)
         engine.batchnorm = "frozen" if self.batchnorm == "frozen" else "train"
@@ -229,6 +224,13 @@ class Trainer:
         n = len(y)
         bounds = batch_bounds(n, self.batch_size)
         self.steps_per_epoch = steps_per_epoch = len(bounds)
+        smallest = min(b - a for a, b in bounds)
+        if smallest < engine.world:
+            raise ConfigError(
+                f"a batch of {smallest} examples cannot be split over {engine.world} "
+                f"processes ({n} examples, batch_size={self.batch_size}); choose another "
+                "batch_size or fewer processes"
+            )
         total_steps = steps_per_epoch * self.epochs
         if not (cached and self.solve_head):
             self._warn_ineffective(cached, total_steps)

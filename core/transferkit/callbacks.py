@@ -173,8 +173,9 @@ class Checkpoint(Callback):
         TrainState.check_target(self.path)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        state = trainer.state()  # every process computes (a model spread over them)
         if trainer.model.engine.rank == 0:  # one writer when processes train together
-            trainer.state().save(self.path)
+            state.save(self.path)
 
 
 def overrides(callback: Callback, event: str) -> bool:

@@ -288,6 +288,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"])
     f.add_argument("--nproc", type=int, help="processes under the framework's launcher (ddp)")
     f.add_argument("--strategy", choices=["ddp"], help="set by --nproc in each process")
+    f.add_argument("--timeout", type=float, help="seconds a process waits for the others")
     f.add_argument("--seed", type=int)
     f.add_argument("--out", help="directory to save the fitted model (default runs/model)")
     f.set_defaults(func=_fit)

@@ -170,18 +170,20 @@ class Engine(ABC):
         state can be put straight into the optimizer built for that plan."""
 
     def set_scaling(self, scaling: Scaling) -> None:
-        """Train under ``scaling`` (see :mod:`transferkit.scaling`); called before
-        ``start_training``, with a precision and strategy core has checked against the
-        framework's declarations. ``precision``: compute the steps in it, keeping the
-        weights and optimizer state float32. ``strategy``: join the processes the
-        framework's launcher started and set :attr:`rank` and :attr:`world`; from then on
-        every ``train_step`` gets the whole global batch in every process, computes on
-        ``scaling.shard(len(y), rank, world)``, reduces the gradients so the update is one
-        process's on the whole batch, and returns the whole batch's loss;
-        ``end_training`` waits for every process. Collectives wait at most
-        ``scaling.timeout`` seconds."""
+        """Train under ``scaling`` (:mod:`transferkit.scaling`; checked by core against
+        the framework's declarations), before ``start_training``: compute in its
+        ``precision`` with float32 weights and optimizer state; under its ``strategy``
+        join the launched processes (set :attr:`rank`, :attr:`world`). Then every
+        ``train_step`` gets the global batch, computes on its ``shard``, reduces the
+        gradients to one process's update on the whole batch and returns the whole
+        batch's loss; collectives wait at most ``scaling.timeout`` seconds."""
         if not scaling.default:
             raise ConfigError(f"{type(self).__name__} trains in one process, in float32")
+
+    def barrier(self) -> None:
+        """Wait for every process (called by core when ``world > 1``, after a run that
+        ended normally: rank 0's writes are done when any process goes on)."""
+        return None  # one process: nothing to wait for
 
     def set_penalty(self, penalty: Penalty | None) -> None:
         """Add ``Σ c/2 · ‖w − a‖²`` (:class:`~transferkit.regularizers.Penalty`: canonical
@@ -293,8 +295,8 @@ class Framework(ABC):
         if unknown:
             from .plugins import registry
 
-            owners = {u: [f.name for f in registry().frameworks.values() if u in _names(f)]
-                      for u in unknown}  # fmt: skip
+            taken = {f.name: {o.name for o in f.options} for f in registry().frameworks.values()}
+            owners = {u: [f for f, names in taken.items() if u in names] for u in unknown}
             raise ConfigError(
                 f"unknown option(s) {', '.join(unknown)} for {spec.name!r}; the {self.name} "
                 f"framework takes {', '.join(o.describe() for o in known.values())}"
@@ -393,7 +395,3 @@ class Framework(ABC):
         pooling are not counted. The benchmark derives FLOPs from it. ``None``: this
         framework cannot count them. May import the framework."""
         return None
-
-
-def _names(framework: Framework) -> set[str]:
-    return {o.name for o in framework.options}

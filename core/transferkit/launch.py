@@ -21,15 +21,18 @@ CHILD_ENV = "TRANSFERKIT_LAUNCHED"
 
 def wanted(cfg: dict[str, Any]) -> bool:
     """Whether this ``transferkit fit`` should launch processes rather than fit."""
-    return (cfg.get("nproc") or 1) > 1 and not os.environ.get(CHILD_ENV)
+    n = cfg.get("nproc")  # a wrong type is reported by the run description's check
+    return isinstance(n, int) and n > 1 and not os.environ.get(CHILD_ENV)
 
 
 def _toml(value: Any) -> str:
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+        items = (f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(value)  # strings, numbers and booleans read the same in TOML
+    # strings (any character), numbers and booleans read the same in TOML
+    return json.dumps(value, ensure_ascii=False)
 
 
 def launch(cfg: dict[str, Any]) -> int:
@@ -48,6 +51,7 @@ def launch(cfg: dict[str, Any]) -> int:
         raise ConfigError(f"--nproc runs strategy 'ddp'; got strategy {cfg['strategy']!r}")
     spec = _spec(cfg["backbone"])
     framework = registry().framework(spec.framework)
+    framework.ensure_installed()
     check_nproc(cfg["nproc"], framework)
     check(framework, cfg.get("precision"), "ddp")
     freeze.from_name(cfg.get("freeze", "full"), **cfg.get("freeze_options", {}))
@@ -57,7 +61,7 @@ def launch(cfg: dict[str, Any]) -> int:
     run["strategy"] = "ddp"
     with tempfile.TemporaryDirectory(prefix="transferkit-launch-") as tmp:
         description = Path(tmp) / "fit.toml"
-        description.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in run.items()))
+        description.write_text("".join(f"{_toml(k)} = {_toml(v)}\n" for k, v in run.items()))
         command = [*framework.launcher(cfg["nproc"]), "fit", "--config", str(description)]
         print(f"launching {cfg['nproc']} processes: {' '.join(command)}", file=sys.stderr)
         env = {**os.environ, CHILD_ENV: "1"}

@@ -35,6 +35,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     "precision": "32",
     "strategy": None,
     "nproc": 1,
+    "timeout": None,  # None: tk.fit's default
 }
 
 
@@ -105,6 +106,7 @@ FIT_SCHEMA: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     ),
     "strategy": ('"ddp"', _one_of("ddp"), '"ddp"'),
     "nproc": ("an integer >= 1 (processes under the launcher)", _int_at_least(1), "2"),
+    "timeout": ("a number of seconds > 0", lambda v: _is_number(v) and v > 0, "600"),
     "alpha": ("a number >= 0 (l2sp)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "beta": ("a number >= 0 (l2sp, l2)", lambda v: _is_number(v) and v >= 0, "0.01"),
     "anchor": ("a .safetensors path (l2sp)", _is_text, '"pretrained.safetensors"'),
@@ -258,6 +260,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         batchnorm=cfg["batchnorm"],
         precision=cfg["precision"],
         strategy=cfg["strategy"],
+        timeout=cfg["timeout"],
     )
     out = model.save(cfg["out"])  # rank 0 writes when processes trained together
     result = {"out": str(out), "epochs": len(history), "rank": model.engine.rank}

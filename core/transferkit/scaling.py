@@ -98,8 +98,8 @@ def shard(n: int, rank: int, world: int) -> slice:
 
 
 def check_nproc(nproc: int, framework: Framework) -> None:
-    """``--nproc`` before anything launches: at least 2, at most the cores here, and a
-    framework that has a multi-process strategy."""
+    """``--nproc`` before anything launches: at least 1, at most the cores here, and
+    above 1 only for a framework that has a multi-process strategy."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(f"--nproc must be a whole number >= 1, got {nproc!r}")
     cores = os.cpu_count() or 1

@@ -314,6 +314,8 @@ class Trainer:
                 bn.after_epochs(self, inputs, bounds, self.epoch)
         finally:
             engine.end_training()
+        if engine.world > 1:  # not after a failure: the others may never arrive
+            engine.barrier()
         bn.check_fit(self, inputs, y)
         for cb in callbacks:
             cb.on_train_end(self)

@@ -37,6 +37,7 @@ class FlaxFramework(Framework):
         from .launch import launcher
 
         return launcher(nproc)
+
     libraries = ("jax", "jaxlib", "flax", "optax")
     process_env = (("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),)  # share a GPU politely
     exports = (

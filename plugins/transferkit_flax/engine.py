@@ -399,10 +399,11 @@ class FlaxEngine(Engine):
 
     def end_training(self) -> None:
         self._sync()
-        if self.world > 1:  # rank 0's last checkpoint is written before anyone goes on
-            from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("transferkit end_training")
+    def barrier(self) -> None:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("transferkit fit")
 
     def batch_statistics(self, x: np.ndarray, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
         chosen = [m for m, g in self._norms if g in groups]

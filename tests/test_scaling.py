@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -365,3 +366,20 @@ def test_flax_resume_under_jax_distributed(tmp_path):
     tk.fit(one, _train(), epochs=3, **FIT)
     resumed = np.load(tmp_path / "resumed.npz")
     assert max(float(np.abs(resumed[k] - v).max()) for k, v in one.get_weights().items()) < 1e-6
+
+
+def test_the_jax_launcher_stops_the_others_when_one_fails(tmp_path, monkeypatch):
+    from transferkit_flax import launch
+
+    fake = tmp_path / "python"  # stands in for `python -m transferkit ...`
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "${launch.PROCESS_ID}" = 1 ]; then sleep 2; echo "process 1 failed" >&2; exit 3; fi\n'
+        f'echo "$@ at ${launch.COORDINATOR}" > {tmp_path}/args; exec sleep 120\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    start = time.monotonic()
+    assert launch.main(["2", "fit", "--config", "x.toml"]) == 3  # the failing process's code
+    assert time.monotonic() - start < 30  # process 0 was stopped, not waited for
+    assert (tmp_path / "args").read_text().startswith("-m transferkit fit --config x.toml at 127")

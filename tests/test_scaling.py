@@ -374,7 +374,7 @@ def test_the_jax_launcher_stops_the_others_when_one_fails(tmp_path, monkeypatch)
     fake = tmp_path / "python"  # stands in for `python -m transferkit ...`
     fake.write_text(
         "#!/bin/sh\n"
-        f'if [ "${launch.PROCESS_ID}" = 1 ]; then sleep 2; echo "process 1 failed" >&2; exit 3; fi\n'
+        f'if [ "${launch.PROCESS_ID}" = 1 ]; then sleep 2; exit 3; fi\n'
         f'echo "$@ at ${launch.COORDINATOR}" > {tmp_path}/args; exec sleep 120\n'
     )
     fake.chmod(0o755)

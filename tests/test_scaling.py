@@ -87,7 +87,13 @@ def test_ddp_outside_a_launcher_is_refused():
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
 def test_a_batch_too_small_to_split_over_the_processes_is_refused():
     m = tk.build("torch:mlp", head=tk.Classifier(5), weights=None)
-    m.engine.world = 3  # as if three processes had joined
+    join = m.engine.set_scaling
+
+    def three_processes(scaling):  # as if three processes had joined
+        join(scaling)
+        m.engine.world = 3
+
+    m.engine.set_scaling = three_processes
     before = m.get_weights()
     train = _train()
     few = tk.Dataset(train.x[:4], train.y[:4], train.classes)

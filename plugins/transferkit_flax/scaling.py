@@ -20,7 +20,6 @@ from transferkit.errors import ConfigError
 from .launch import COORDINATOR, NUM_PROCESSES, PROCESS_ID
 
 COMPUTE = {"32": None, "bf16-mixed": jnp.bfloat16}
-PRECISIONS = tuple(COMPUTE)
 
 
 def initialize_from_env() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import keras
 
 POLICY = {"32": "float32", "bf16-mixed": "mixed_bfloat16", "16-mixed": "mixed_float16"}
-PRECISIONS = tuple(POLICY)
 
 
 def set_policy(model: keras.Model, precision: str) -> None:

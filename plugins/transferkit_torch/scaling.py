@@ -15,7 +15,6 @@ from transferkit.errors import ConfigError
 
 #: transferkit's precision -> the autocast dtype (None: float32 throughout)
 AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-PRECISIONS = tuple(AUTOCAST)
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype | None:

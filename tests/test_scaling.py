@@ -46,7 +46,8 @@ def test_shard_splits_a_global_batch_contiguously():
             assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
-def test_precision_and_strategy_are_checked_against_the_framework():
+def test_precision_and_strategy_are_checked_against_the_framework(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     flax, keras = registry().framework("flax"), registry().framework("keras")
     with pytest.raises(ConfigError, match=r"precision must be one of 32, bf16-mixed, 16-mixed"):
         check(flax, "fp8", None)
@@ -54,7 +55,9 @@ def test_precision_and_strategy_are_checked_against_the_framework():
                        r"it offers 32, bf16-mixed; hf, keras, torch do"):  # fmt: skip
         check(flax, "16-mixed", None)
     with pytest.raises(
-        ConfigError, match=r"keras framework has no 'ddp' strategy.*flax, hf, torch"
+        ConfigError,
+        match=r"keras framework has no 'ddp' strategy .*tensorflow issue 72388\); Keras trains "
+        r"on several processes with KERAS_BACKEND=jax\); flax, hf, torch do",
     ):
         check(keras, "32", "ddp")
     with pytest.raises(ConfigError, match="strategy must be None or one of ddp"):
@@ -62,12 +65,18 @@ def test_precision_and_strategy_are_checked_against_the_framework():
     with pytest.raises(ConfigError, match="timeout must be a positive number"):
         check(flax, "32", "ddp", timeout=0)
     assert check(flax, None, "ddp", 5).timeout == 5.0
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    with pytest.raises(ConfigError, match="implemented for the jax backend only"):
+        check(keras, "32", "ddp")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert check(keras, "32", "ddp").strategy == "ddp"
 
 
-def test_nproc_is_checked_before_launching(tmp_path):
+def test_nproc_is_checked_before_launching(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     with pytest.raises(ConfigError, match=r"more processes than this machine's \d+ cores"):
         check_nproc((os.cpu_count() or 1) + 1, registry().framework("torch"))
-    with pytest.raises(ConfigError, match="keras framework trains in one process only"):
+    with pytest.raises(ConfigError, match="keras framework trains in one process only.*72388"):
         check_nproc(2, registry().framework("keras"))
     from transferkit.cli import main
 
@@ -286,6 +295,38 @@ def test_cli_nproc_runs_flax_under_jax_distributed(tmp_path):
     assert max(float(np.abs(w1[k] - w2[k]).max()) for k in w1) < 1e-6
 
 
+@pytest.mark.skipif(not HAS_FLAX, reason="needs jax")
+def test_cli_nproc_runs_keras_on_jax_under_its_data_parallel_distribution(tmp_path):
+    # L2-SP (its anchors beside replicated variables) and a global batch of 15 over two
+    # devices: padded to 16, the padding row weighing 0
+    base = ["fit", "--backbone", "keras:cnn", "--data", "builtin:digits", "--shots", "8"]
+    base += ["--epochs", "2", "--batchnorm", "frozen", "--lr", "0.05", "--batch-size", "15"]
+    base += ["--optimizer", "sgd", "--seed", "1", "--regularizer", "l2sp", "--alpha", "0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "jax"}
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        command = [sys.executable, "-m", "transferkit", *base, "--nproc", str(nproc)]
+        r = subprocess.run(
+            [*command, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[nproc] = r
+    assert "launching 2 processes" in runs[2].stderr
+    assert runs[2].stderr.count("epoch 2/2") == 1  # progress from rank 0 only
+    check = (
+        "import sys, numpy as np, transferkit as tk\n"
+        "a, b = (tk.load(p).get_weights() for p in sys.argv[1:])\n"
+        "print(max(float(np.abs(a[k] - b[k]).max()) for k in a))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", check, str(tmp_path / "n1"), str(tmp_path / "n2")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 1e-6
+
+
 HF_DDP = textwrap.dedent(
     """
     import sys
@@ -349,12 +390,12 @@ FLAX_RESUME = textwrap.dedent(
 
 @pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
 def test_flax_resume_under_jax_distributed(tmp_path):
-    from transferkit_flax.launch import COORDINATOR, NUM_PROCESSES, PROCESS_ID, _free_port
+    from transferkit.launch import COORDINATOR, NUM_PROCESSES, PROCESS_ID, free_port
 
     script = tmp_path / "resume.py"
     script.write_text(FLAX_RESUME.format(json_opts=repr(FIT)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", NUM_PROCESSES: "2"}
-    env[COORDINATOR] = f"127.0.0.1:{_free_port()}"
+    env[COORDINATOR] = f"127.0.0.1:{free_port()}"
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(tmp_path)],
@@ -374,8 +415,8 @@ def test_flax_resume_under_jax_distributed(tmp_path):
     assert max(float(np.abs(resumed[k] - v).max()) for k, v in one.get_weights().items()) < 1e-6
 
 
-def test_the_jax_launcher_stops_the_others_when_one_fails(tmp_path, monkeypatch):
-    from transferkit_flax import launch
+def test_the_coordinator_launcher_stops_the_others_when_one_fails(tmp_path, monkeypatch):
+    from transferkit import launch
 
     fake = tmp_path / "python"  # stands in for `python -m transferkit ...`
     fake.write_text(

@@ -180,6 +180,7 @@ def run(
                         "transfer": method.weights == "pretrained" and fw is not None,
                         "accuracy": {k: float(np.mean(v)) for k, v in accs.items()},
                         "std": {k: float(np.std(v)) for k, v in accs.items()},
+                        "per_seed": {k: [float(a) for a in v] for k, v in accs.items()},
                     }
                 )
                 print(

@@ -348,11 +348,13 @@ class Framework(ABC):
     precisions: tuple[str, ...] = ("32",)
     #: its multi-process strategies (``"ddp"``), started by :meth:`launcher`
     strategies: tuple[str, ...] = ()
+    #: (strategy, why) for strategies it lacks in this configuration, said in the error
+    strategy_notes: tuple[tuple[str, str], ...] = ()
 
     def launcher(self, nproc: int) -> list[str]:
-        """The command that starts ``nproc`` processes of ``python -m transferkit``
-        (followed by the CLI's arguments) under this framework's own launcher, each
-        joining with ``strategy="ddp"``. Must not import the framework."""
+        """The command that starts ``nproc`` processes of ``python -m transferkit`` (then
+        the CLI's arguments) under this framework's own launcher, each joining with
+        ``strategy="ddp"`` (:mod:`transferkit.launch`). Must not import the framework."""
         raise ConfigError(f"the {self.name} framework trains in one process only")
 
     # --- deployment (``model.export``, ``transferkit export``) ------------------------

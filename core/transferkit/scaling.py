@@ -54,6 +54,10 @@ def _offering(wanted: str, attribute: str, frameworks: list[Framework]) -> str:
     return f"; {', '.join(names)} {'do' if len(names) > 1 else 'does'}" if names else ""
 
 
+def _why_not(framework: Framework, strategy: str) -> str:
+    return "".join(f" ({why})" for s, why in framework.strategy_notes if s == strategy)
+
+
 def check(
     framework: Framework,
     precision: str | None,
@@ -80,7 +84,9 @@ def check(
         if strategy not in framework.strategies:
             raise ConfigError(
                 f"the {framework.name} framework has no {strategy!r} strategy (one process "
-                "only: leave strategy=None)" + _offering(strategy, "strategies", others)
+                "only: leave strategy=None)"
+                + _why_not(framework, strategy)
+                + _offering(strategy, "strategies", others)
             )
     if timeout is None:
         timeout = DEFAULT_TIMEOUT
@@ -114,5 +120,6 @@ def check_nproc(nproc: int, framework: Framework) -> None:
         others = [f for f in registry().frameworks.values() if f is not framework]
         raise ConfigError(
             f"the {framework.name} framework trains in one process only; drop --nproc"
+            + _why_not(framework, "ddp")
             + _offering("ddp", "strategies", others)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from transferkit import hookimpl
 from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, BuildOption, Framework
+from transferkit.launch import group_launcher
 from transferkit.reference import REFERENCE, reference_spec
 
 
@@ -34,9 +35,8 @@ class FlaxFramework(Framework):
     strategies = ("ddp",)
 
     def launcher(self, nproc):
-        from .launch import launcher
-
-        return launcher(nproc)
+        """A coordinator on this machine for ``jax.distributed.initialize``."""
+        return group_launcher(nproc)
 
     libraries = ("jax", "jaxlib", "flax", "optax")
     process_env = (("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),)  # share a GPU politely

@@ -5,7 +5,6 @@ sharded and its gradients reduced by XLA's collectives (gloo between CPU process
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,24 +15,21 @@ import numpy as np
 from flax import nnx
 
 from transferkit.errors import ConfigError
-
-from .launch import COORDINATOR, NUM_PROCESSES, PROCESS_ID
+from transferkit.launch import coordinates
 
 COMPUTE = {"32": None, "bf16-mixed": jnp.bfloat16}
 
 
 def initialize_from_env() -> None:
-    """In a process that ``transferkit_flax.launch`` started: join the others before
-    JAX computes anything (``jax.distributed.initialize`` must come first)."""
-    if COORDINATOR not in os.environ or jax.distributed.is_initialized():
+    """In a process that ``transferkit.launch`` started: join the others before JAX
+    computes anything (``jax.distributed.initialize`` must come first)."""
+    where = coordinates()
+    if where is None or jax.distributed.is_initialized():
         return
     if jax.config.jax_platforms in (None, "", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=os.environ[COORDINATOR],
-        num_processes=int(os.environ[NUM_PROCESSES]),
-        process_id=int(os.environ[PROCESS_ID]),
-    )
+    address, n, index = where
+    jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=index)
 
 
 def join() -> tuple[int, int]:

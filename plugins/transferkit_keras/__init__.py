@@ -15,6 +15,7 @@ from pathlib import Path
 from transferkit import hookimpl
 from transferkit.formats import ExportFormat
 from transferkit.framework import Baseline, BuildOption, Framework, Variant
+from transferkit.launch import group_launcher
 from transferkit.reference import REFERENCE, reference_spec
 
 from .applications import APPLICATIONS, application_spec, specialise
@@ -77,6 +78,30 @@ class KerasFramework(Framework):
             "(resize_tensor_input, then allocate_tensors); tensorflow or jax backend",
         ),
     )
+
+    @property
+    def strategies(self):
+        """``"ddp"`` on the jax backend: ``keras.distribution.DataParallel`` over every
+        process's devices."""
+        return ("ddp",) if keras_backend() == "jax" else ()
+
+    @property
+    def strategy_notes(self):
+        backend = keras_backend()
+        if backend == "tensorflow":
+            why = (
+                "under tensorflow, Keras 3's compiled step fails in "
+                "tf.distribute.MultiWorkerMirroredStrategy (tensorflow issue 72388)"
+            )
+        elif backend == "torch":
+            why = "keras.distribution is implemented for the jax backend only"
+        else:
+            return ()
+        return (("ddp", f"{why}; Keras trains on several processes with KERAS_BACKEND=jax"),)
+
+    def launcher(self, nproc):
+        """A coordinator on this machine for ``keras.distribution.initialize``."""
+        return group_launcher(nproc)
 
     def export(self, model, path, fmt, serving):
         from .export import export

@@ -291,7 +291,7 @@ class _Pull(keras.regularizers.Regularizer):
     """``c/2 · ‖w − a‖²``: Keras adds it to the loss for every trainable variable that
     carries it, inside its compiled step, so a frozen variable costs nothing."""
 
-    def __init__(self, coefficient: float, anchor: np.ndarray | None) -> None:
+    def __init__(self, coefficient: float, anchor: Any) -> None:
         self.coefficient = coefficient
         # a backend tensor: under the torch backend, ``tensor - ndarray`` is numpy's
         self.anchor = None if anchor is None else ops.convert_to_tensor(anchor)
@@ -328,6 +328,10 @@ class KerasEngine(Engine):
         self._trained: keras.Model | None = None
         self._group_probe: keras.Model | None = None  # built on first group_features
         self._precision = "32"
+        # keras.distribution's DataParallel when built under one (jax backend), with the
+        # jitted inference functions of its models
+        self._dist = kscaling.distribution()
+        self._jitted: dict[int, Any] = {}
 
     # --- naming -----------------------------------------------------------------------
     def _index(self) -> list[Weight]:
@@ -382,6 +386,13 @@ class KerasEngine(Engine):
 
     def _infer_all(self, model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
         x = np.asarray(x, np.float32)
+        if self._dist is not None:  # every process computes all rows, on its devices
+            out = self._jitted_inference(model)(
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                kscaling.global_rows(x, self._dist),
+            )
+            return [np.asarray(o.addressable_data(0), np.float32) for o in keras.tree.flatten(out)]
         if keras.backend.backend() == "tensorflow":
             # Eager TensorFlow runs the same kernels as a traced function, without the
             # seconds of tracing each new model and batch shape would cost.
@@ -389,6 +400,22 @@ class KerasEngine(Engine):
         else:  # jax: a jitted function per shape; torch: eager under no_grad
             out = model.predict_on_batch(x)
         return [np.asarray(ops.convert_to_numpy(o), np.float32) for o in keras.tree.flatten(out)]
+
+    def _jitted_inference(self, model: keras.Model) -> Any:
+        """``model``'s inference as one jitted function of its variables and replicated
+        rows, with replicated outputs (Keras's ``predict_on_batch`` takes each process's
+        own rows instead)."""
+        if id(model) not in self._jitted:
+            import jax
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            def infer(trainable, non_trainable, x):
+                return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+            mesh = self._dist.device_mesh.backend_mesh
+            replicated = NamedSharding(mesh, PartitionSpec())
+            self._jitted[id(model)] = jax.jit(infer, out_shardings=replicated)
+        return self._jitted[id(model)]
 
     @_on_device
     def features(self, x: np.ndarray) -> np.ndarray:
@@ -478,8 +505,20 @@ class KerasEngine(Engine):
         return gens
 
     def set_scaling(self, scaling: Scaling) -> None:
-        if scaling.strategy is not None:
-            super().set_scaling(scaling)
+        if scaling.strategy == "ddp":
+            if self.device is not None:
+                raise ConfigError(
+                    "strategy='ddp' replicates the model over every process's devices; it "
+                    "cannot be combined with device=... (leave device='auto')"
+                )
+            self.rank, self.world = kscaling.join(self._dist)
+        elif self._dist is not None and self._dist.device_mesh.backend_mesh.size > len(
+            self._dist.device_mesh.backend_mesh.local_devices
+        ):
+            raise ConfigError(
+                "this Keras model was built under a keras.distribution spanning several "
+                "processes: fit it with strategy='ddp'"
+            )
         self._precision = scaling.precision
 
     @_on_device
@@ -513,6 +552,7 @@ class KerasEngine(Engine):
             else keras.losses.MeanSquaredError()
         )
         kscaling.set_policy(self.native, self._precision)  # compile() sees the policy
+        self._jitted = {}
         self._trained.compile(optimizer=self._optimizer, loss=loss, jit_compile="auto")
 
     def _pin(self) -> None:
@@ -547,7 +587,10 @@ class KerasEngine(Engine):
                 pin_inference(layer, id(layer) not in saved)
             for b in chosen:
                 b.trainable, b.momentum = True, 0.0
-            self.backbone(np.asarray(x, np.float32), training=True)
+            x = np.asarray(x, np.float32)
+            self.backbone(
+                x if self._dist is None else kscaling.global_rows(x, self._dist), training=True
+            )
             out = {}
             for b in chosen:
                 name = "backbone." + canonical_prefix(b)
@@ -593,25 +636,52 @@ class KerasEngine(Engine):
                 if w.leaf == "kernel":
                     a = layout.kernel_from_canonical(a, tuple(w.var.shape))
                 a = np.ascontiguousarray(a).reshape(w.var.shape)
+            if a is not None and self._dist is not None:  # beside replicated variables
+                a = kscaling.global_rows(a, self._dist)
             w.var.regularizer = _Pull(c, a)
 
     @_on_device
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> Any:
         self._optimizer.learning_rate = lr
+        batch = self._rows(np.asarray(x, np.float32), np.asarray(y))
         if not self._penalised:
-            return self._trained.train_on_batch(np.asarray(x, np.float32), y)
+            return self._trained.train_on_batch(*batch)
         # Keras's loss includes the penalty at the weights the step starts from
         reg = sum(
             float(v.regularizer(v.value))
             for v in self._trained.trainable_weights
             if getattr(v, "regularizer", None) is not None
         )
-        total = self._trained.train_on_batch(np.asarray(x, np.float32), y)
+        total = self._trained.train_on_batch(*batch)
         return float(total) - reg, reg
+
+    def _rows(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+        """(x, y, sample_weight) of this process's part of the global batch. Under a
+        distribution the batch is padded to a multiple of its devices (repeating the
+        first row, weight 0) and the real rows weigh ``padded / n``, so that Keras's mean
+        over the padded batch is the mean over the real one; each process passes its
+        contiguous part, which ``train_on_batch`` joins into the global batch."""
+        if self._dist is None:
+            return x, y, None
+        n = len(x)
+        m = kscaling.pad_to(n, self._dist)
+        w = None
+        if m > n:
+            x = np.concatenate([x, np.repeat(x[:1], m - n, axis=0)])
+            y = np.concatenate([y, np.repeat(y[:1], m - n, axis=0)])
+            w = np.zeros(m, np.float32)
+            w[:n] = m / n
+        part = slice(self.rank * m // self.world, (self.rank + 1) * m // self.world)
+        return x[part], y[part], None if w is None else w[part]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            kscaling.barrier()
 
     def end_training(self) -> None:
         if self._precision != "32":  # inference computes in float32
             kscaling.set_policy(self.native, "32")
+            self._jitted = {}
 
     def _optimizer_slots(self) -> dict[str, np.ndarray]:
         out = {}
@@ -648,6 +718,7 @@ def build_engine(
 ) -> KerasEngine:
     # ``options`` were checked by core against KerasFramework.build_options(spec)
     placement = resolve_device(device)
+    kscaling.initialize_from_env()  # a launched process joins before building
     keras.utils.set_random_seed(seed)
     with keras.device(placement) if placement else contextlib.nullcontext():
         backbone = spec.create(keras.Model, input_shape=tuple(input_shape), **options)

@@ -15,7 +15,7 @@ against full precision in every framework, and 1 against 2 processes.
   ratio. On a 2-core machine this measures what the collectives cost, not a speed-up.
 
     python benchmarks/scaling.py --part compile|precision|ddp [--out benchmarks/results]
-        [--backbones torch:cnn,flax:cnn]   (ddp)
+        [--backbones torch:cnn,flax:cnn,keras[jax]:cnn]   (ddp)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import csv
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -203,14 +204,18 @@ def precision_table(result: dict) -> str:
 # --- ddp --------------------------------------------------------------------------
 def ddp_part(backbones: list[str]) -> dict:
     rows = []
-    for backbone in backbones:
-        row = {"backbone": backbone}
+    for name in backbones:
+        row = {"backbone": name}
+        # "keras[jax]:cnn": keras:cnn under KERAS_BACKEND=jax
+        backbone, variant = re.sub(r"\[\w+\]", "", name), re.search(r"\[(\w+)\]", name)
         for nproc in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
                 cmd = [sys.executable, "-m", "transferkit", "fit", "--backbone", backbone,
                        "--data", "builtin:digits", "--epochs", "4", "--batch-size", str(BATCH),
                        "--weights", "none", "--nproc", str(nproc), "--out", f"{tmp}/m"]  # fmt: skip
                 env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+                if variant:
+                    env["KERAS_BACKEND"] = variant.group(1)
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     raise SystemExit(r.stderr[-3000:])
@@ -242,7 +247,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--backbones", default="torch:cnn,flax:cnn", help="ddp: comma-separated")
+    p.add_argument(
+        "--backbones", default="torch:cnn,flax:cnn,keras[jax]:cnn", help="ddp: comma-separated"
+    )
     p.add_argument("--case")
     p.add_argument("--case-out")
     a = p.parse_args()

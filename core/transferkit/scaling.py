@@ -8,7 +8,8 @@
   scales the loss against underflow. Inference and saved weights are float32.
 - ``strategy``: ``None`` (one process) or ``"ddp"``: multi-process data parallel under
   the framework's own launcher and collectives (``torchrun`` and
-  ``DistributedDataParallel``; ``jax.distributed``). Every process runs the same loop
+  ``DistributedDataParallel``; ``jax.distributed``; Keras's ``DataParallel``
+  distribution on jax). Every process runs the same loop
   with the same seed and hands its engine the whole global batch; the engine computes on
   its shard (:func:`shard`) and reduces the gradients so that the update is the one a
   single process makes on the whole batch. Only rank 0 writes checkpoints, saved models

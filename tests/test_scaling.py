@@ -214,6 +214,10 @@ TORCHRUN_FIT = textwrap.dedent(
     tk.fit(r, train, epochs=3, strategy="ddp", resume_from=out / "ck", **opts)
     np.savez(out / f"resumed-{{r.engine.rank}}.npz", **r.get_weights())
     r.save(out / "model")
+    # a frozen backbone: each process computes the features of its shard, all gathered
+    f = tk.build("torch:cnn", head=tk.Classifier(5), seed=1)
+    tk.fit(f, train, epochs=2, freeze=tk.freeze.FeatureExtraction(), strategy="ddp", **opts)
+    np.savez(out / f"frozen-{{f.engine.rank}}.npz", **f.get_weights())
     print("world", r.engine.world, "rank", r.engine.rank)
     """
 )
@@ -247,6 +251,11 @@ def test_torch_ddp_on_two_processes_equals_one_process(tmp_path):
     assert max(float(np.abs(resumed[k] - v).max()) for k, v in three.get_weights().items()) < 1e-6
     saved = tk.load(tmp_path / "model")  # written once, by rank 0
     assert np.array_equal(saved.get_weights()["head.out.weight"], resumed["head.out.weight"])
+    frozen = tk.build("torch:cnn", head=tk.Classifier(5), seed=1)
+    tk.fit(frozen, train, epochs=2, freeze=tk.freeze.FeatureExtraction(), **FIT)
+    for rank in (0, 1):
+        two = np.load(tmp_path / f"frozen-{rank}.npz")
+        assert max(float(np.abs(two[k] - v).max()) for k, v in frozen.get_weights().items()) < 1e-6
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")

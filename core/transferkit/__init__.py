@@ -19,13 +19,14 @@ from .callbacks import Callback, Checkpoint, EarlyStopping, History, ProgressLog
 from .catalog import BackboneSpec, LayerGroup, WeightSource
 from .checkpoint import TrainState
 from .data import Dataset
-from .framework import Engine, Framework, OptimizerSpec
+from .framework import Engine, Framework
 from .freeze import FreezePolicy
 from .heads import Classifier, Head, Regressor
 from .hookspecs import hookimpl
 from .interpolation import interpolate
 from .lr_finder import LRFinder, find_lr
 from .model import Backbone, Model
+from .optimizers import OptimizerSpec
 from .plugins import list_plugins, register
 from .ranking import Ranking, rank
 from .saving import load

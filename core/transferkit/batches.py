@@ -13,12 +13,23 @@ import numpy as np
 from . import feature_store
 from .checks import check_augmented
 from .lazy import is_lazy, take
+from .scaling import shard
 
 if TYPE_CHECKING:
     from .model import Model
 
 #: inputs larger than this (as float32) are prepared per batch
 PREPARE_AT_ONCE = 512 * 2**20
+
+
+def _features(model: Model, x: Any) -> np.ndarray:
+    """The backbone's features of ``x``; under a strategy, each process computes those of
+    its shard and they are gathered (unless the engine's inference spreads itself)."""
+    engine = model.engine
+    if engine.world == 1 or engine.spreads_inference:
+        return model.features(x)
+    mine = np.arange(len(x))[shard(len(x), engine.rank, engine.world)]
+    return engine.all_gather(np.asarray(model.features(take(x, mine)), np.float32))
 
 
 class Inputs:
@@ -41,7 +52,7 @@ class Inputs:
         if on_disk:
             self.kind, self.x = "features", feature_store.features(model, x, cache_dir)
         elif cached:
-            self.kind, self.x = "features", model.features(x)
+            self.kind, self.x = "features", _features(model, x)
         elif per_batch or len(x) * int(np.prod(model.input_shape)) * 4 > PREPARE_AT_ONCE:
             self.kind, self.x = "raw", x
         else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +28,10 @@ from .declarations import Baseline, Variant
 from .errors import ConfigError, FrameworkNotInstalledError, WeightsError
 from .formats import ExportFormat, Serving
 from .heads import Head
+from .optimizers import OptimizerSpec
 from .options import DEVICE, BuildOption, check_device
 from .regularizers import Penalty
 from .scaling import Scaling
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """Optimizer options every adapter implements with the same semantics.
-
-    ``adam`` applies ``weight_decay`` as an L2 term added to the gradient (PyTorch's
-    Adam), ``adamw`` decoupled (AdamW), ``sgd`` is SGD with heavy-ball momentum.
-    """
-
-    name: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 class Engine(ABC):
@@ -88,6 +64,10 @@ class Engine(ABC):
     #: (set by :meth:`set_scaling`; 0 and 1 in one process)
     rank: int = 0
     world: int = 1
+    #: whether inference under a strategy already spreads its rows over the processes
+    #: (JAX's one program over all of them: every process passes the same rows); if
+    #: not, core hands each process its shard and joins them with :meth:`all_gather`
+    spreads_inference: bool = False
 
     # --- weights -----------------------------------------------------------------
     @abstractmethod
@@ -179,6 +159,11 @@ class Engine(ABC):
         batch's loss; collectives wait at most ``scaling.timeout`` seconds."""
         if not scaling.default:
             raise ConfigError(f"{type(self).__name__} trains in one process, in float32")
+
+    def all_gather(self, rows: np.ndarray) -> np.ndarray:
+        """Every process's ``rows`` (their lengths may differ), concatenated in rank
+        order; called by every process when ``world > 1``."""
+        return rows
 
     def barrier(self) -> None:
         """Wait for every process (called by core when ``world > 1``, after a run that

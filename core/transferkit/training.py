@@ -32,9 +32,9 @@ from .callbacks import (
 from .checkpoint import TrainState
 from .data import Dataset, as_dataset, check_labels
 from .errors import ConfigError, TrainingError, warn
-from .framework import OPTIMIZERS, OptimizerSpec
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune
 from .model import Model
+from .optimizers import OPTIMIZERS, OptimizerSpec
 from .regularizers import Penalty, Regularizer
 from .schedules import SCHEDULES, batch_bounds, learning_rate
 

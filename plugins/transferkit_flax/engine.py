@@ -105,6 +105,9 @@ def _keystr_leaves(tree: Any) -> dict[str, Any]:
 
 
 class FlaxEngine(Engine):
+    #: under jax.distributed, inference is one program over every process's devices
+    spreads_inference = True
+
     def __init__(
         self,
         spec: BackboneSpec,

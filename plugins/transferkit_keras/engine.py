@@ -302,6 +302,9 @@ class _Pull(keras.regularizers.Regularizer):
 
 
 class KerasEngine(Engine):
+    #: under a distribution, inference is one program over every process's devices
+    spreads_inference = True
+
     def __init__(
         self,
         spec: BackboneSpec,
@@ -386,13 +389,14 @@ class KerasEngine(Engine):
 
     def _infer_all(self, model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
         x = np.asarray(x, np.float32)
-        if self._dist is not None:  # every process computes all rows, on its devices
+        if self._dist is not None:  # each process computes the rows of its devices
+            n, rows = len(x), kscaling.spread_rows(x, self._dist)
             out = self._jitted_inference(model)(
                 [v.value for v in model.trainable_variables],
                 [v.value for v in model.non_trainable_variables],
-                kscaling.global_rows(x, self._dist),
+                rows,
             )
-            return [np.asarray(o.addressable_data(0), np.float32) for o in keras.tree.flatten(out)]
+            return [kscaling.fetch(o)[:n] for o in keras.tree.flatten(out)]
         if keras.backend.backend() == "tensorflow":
             # Eager TensorFlow runs the same kernels as a traced function, without the
             # seconds of tracing each new model and batch shape would cost.
@@ -402,19 +406,15 @@ class KerasEngine(Engine):
         return [np.asarray(ops.convert_to_numpy(o), np.float32) for o in keras.tree.flatten(out)]
 
     def _jitted_inference(self, model: keras.Model) -> Any:
-        """``model``'s inference as one jitted function of its variables and replicated
-        rows, with replicated outputs (Keras's ``predict_on_batch`` takes each process's
-        own rows instead)."""
+        """``model``'s inference as one jitted function of its variables and rows (Keras's
+        ``predict_on_batch`` would take each process's own rows, not one batch)."""
         if id(model) not in self._jitted:
             import jax
-            from jax.sharding import NamedSharding, PartitionSpec
 
             def infer(trainable, non_trainable, x):
                 return model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
-            mesh = self._dist.device_mesh.backend_mesh
-            replicated = NamedSharding(mesh, PartitionSpec())
-            self._jitted[id(model)] = jax.jit(infer, out_shardings=replicated)
+            self._jitted[id(model)] = jax.jit(infer)
         return self._jitted[id(model)]
 
     @_on_device

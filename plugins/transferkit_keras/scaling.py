@@ -81,13 +81,35 @@ def join(dist: Any) -> tuple[int, int]:
 def global_rows(x: np.ndarray, dist: Any) -> Any:
     """``x`` (the same on every process) as one array replicated over the
     distribution's devices, which every process's eager and jitted calls can take."""
+    return _global(x, dist, replicated=True)
+
+
+def spread_rows(x: np.ndarray, dist: Any) -> Any:
+    """``x`` (the same on every process) padded to a multiple of the distribution's
+    devices and spread over them by rows: each process places the rows of its own."""
+    m = pad_to(len(x), dist)
+    if m > len(x):
+        x = np.concatenate([x, np.repeat(x[:1], m - len(x), axis=0)])
+    return _global(x, dist, replicated=False)
+
+
+def _global(x: np.ndarray, dist: Any, replicated: bool) -> Any:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    mesh = dist.device_mesh.backend_mesh
-    return jax.make_array_from_callback(
-        x.shape, NamedSharding(mesh, PartitionSpec()), lambda index: x[index]
-    )
+    spec = PartitionSpec() if replicated else PartitionSpec(dist.batch_dim_name)
+    sharding = NamedSharding(dist.device_mesh.backend_mesh, spec)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def fetch(out: Any) -> np.ndarray:
+    """A jitted output as float32 numpy, gathered from every process when its rows are
+    spread over them."""
+    if not out.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        out = multihost_utils.process_allgather(out, tiled=True)
+    return np.asarray(out, np.float32)
 
 
 def pad_to(n: int, dist: Any) -> int:

@@ -428,6 +428,9 @@ class TorchEngine(Engine):
     def barrier(self) -> None:
         tscaling.barrier()
 
+    def all_gather(self, rows: np.ndarray) -> np.ndarray:
+        return tscaling.all_gather(rows, self.device) if self.world > 1 else rows
+
     def training_state(self) -> dict[str, np.ndarray]:
         state = {"rng.torch": torch.get_rng_state().numpy().copy()}
         if self._scaler is not None:

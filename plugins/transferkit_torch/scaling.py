@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -89,6 +90,23 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather(rows: np.ndarray, device: torch.device) -> np.ndarray:
+    """Every process's ``rows`` concatenated in rank order (lengths may differ: padded
+    to the longest for the collective, then cut back)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    n = torch.tensor([len(rows)], device=device)
+    lengths = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(lengths, n)
+    longest = max(int(k) for k in lengths)
+    mine = torch.zeros((longest, *rows.shape[1:]), dtype=torch.float32, device=device)
+    mine[: len(rows)] = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return np.concatenate([p[: int(k)].cpu().numpy() for p, k in zip(parts, lengths, strict=True)])
 
 
 def barrier() -> None:

@@ -78,6 +78,8 @@ class BackboneSpec:
             (``build(input_shape=...)`` below it is an error; the pipeline resizes inputs).
         max_length: text: the longest ``input_shape=(max_length,)`` the model's position
             embeddings allow (None: no limit known).
+        lora_target: the modules ``tk.freeze.LoRA()`` adapts when it names none (peft's
+            ``target_modules``: a name matches a module whose name ends with it).
     """
 
     name: str
@@ -98,6 +100,7 @@ class BackboneSpec:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     min_input_size: int = 1
     max_length: int | None = None
+    lora_target: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.name.count(":") != 1 or not all(self.name.split(":")):

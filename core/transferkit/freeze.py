@@ -140,8 +140,11 @@ class GradualUnfreeze(FreezePolicy):
 class LoRA(FreezePolicy):
     """Parameter-efficient fine-tuning: the backbone stays frozen and low-rank adapters
     (LoRA, through the ``peft`` library) train with the head. ``target`` names the
-    modules to adapt (default: the attention query and value projections); ``r`` is the
-    rank and ``alpha`` the scaling. The adapters and the head are saved with the model.
+    modules to adapt (a name matches a module whose name ends with it); by default, the
+    backbone's own choice (``BackboneSpec.lora_target``): the attention query and value
+    projections of a transformer, the convolutions of ``cnn`` and ``resnet18``, the 1x1
+    convolutions of ``efficientnet_lite0``, the layers of ``mlp``. ``r`` is the rank and
+    ``alpha`` the scaling. The adapters and the head are saved with the model.
 
     Example::
 
@@ -150,7 +153,7 @@ class LoRA(FreezePolicy):
 
     r: int = 8
     alpha: float = 16.0
-    target: tuple[str, ...] = ("query", "value")
+    target: tuple[str, ...] | None = None
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -159,11 +162,15 @@ class LoRA(FreezePolicy):
         validate.number("LoRA(alpha)", self.alpha, 0.0, exclusive_minimum=True)
         if validate.number("LoRA(dropout)", self.dropout, 0.0) >= 1:
             raise ConfigError(f"LoRA(dropout) must be in [0, 1), got {self.dropout}")
+        if self.target is None:
+            return
         if isinstance(self.target, str):
             object.__setattr__(self, "target", (self.target,))
         object.__setattr__(self, "target", tuple(self.target))
-        if not self.target:
-            raise ConfigError("LoRA needs at least one target module name")
+        if not self.target or not all(isinstance(t, str) and t for t in self.target):
+            raise ConfigError(
+                f"LoRA(target) must name modules (non-empty strings), got {self.target!r}"
+            )
 
     def trainable(self, num_groups: int, epoch: int) -> int:
         return 0
@@ -174,7 +181,7 @@ class LoRA(FreezePolicy):
             "kind": "lora",
             "r": self.r,
             "alpha": self.alpha,
-            "target": list(self.target),
+            "target": None if self.target is None else list(self.target),
             "dropout": self.dropout,
         }
 

@@ -85,7 +85,14 @@ class Model:
 
     def add_peft(self, peft: dict[str, Any]) -> None:
         """Insert trainable parameter-efficient modules (LoRA) into the frozen backbone;
-        ``tk.freeze.LoRA`` calls this for you."""
+        ``tk.freeze.LoRA`` calls this for you. No ``target``: the backbone's own."""
+        if peft.get("target") is None:
+            if not self.spec.lora_target:
+                raise ConfigError(
+                    f"{self.spec.name!r} names no default LoRA target modules; pass "
+                    "tk.freeze.LoRA(target=[...]) with names of its linear or convolution layers"
+                )
+            peft = {**peft, "target": list(self.spec.lora_target)}
         if self.peft is not None:
             if dict(peft) != self.peft:
                 raise ConfigError(f"this model already has the LoRA modules {self.peft}")

@@ -56,6 +56,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         tags=("small", "digits"),
         description="2-layer MLP on flattened 8x8 grey images (64 features)",
         resizable=False,  # flattened: other sizes would change fc1's shape
+        lora_target=("fc1", "fc2"),
     ),
     "cnn": dict(
         input_kind="image",
@@ -69,6 +70,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         min_input_size=8,  # three stride-2 convolutions down to 1x1
         description="4-stage conv net (3x3 conv-BN-ReLU, global average pool; 128 features) "
         "for 8x8 to 64x64 images",
+        lora_target=("conv",),  # its four 3x3 convolutions
     ),
     "resnet18": dict(
         input_kind="image",
@@ -84,6 +86,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         min_input_size=32,  # five stride-2 stages down to 1x1
         description="ResNet-18 with torchvision's parameter names (512 features); a "
         "torchvision/timm ResNet-18 safetensors file loads unchanged",
+        lora_target=("conv1", "conv2"),  # the blocks' 3x3 convolutions and the stem
     ),
     "efficientnet_lite0": dict(
         input_kind="image",
@@ -101,6 +104,7 @@ REFERENCE: dict[str, dict[str, Any]] = {
         min_input_size=32,  # five stride-2 stages down to 1x1
         description="EfficientNet-Lite0 (no SE, ReLU6, TF 'same' padding; 1280 features), "
         "ImageNet weights",
+        lora_target=("_expand_conv", "_project_conv", "_conv_head"),  # the 1x1 convolutions
     ),
 }
 

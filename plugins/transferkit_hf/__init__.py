@@ -20,6 +20,13 @@ from transferkit_torch import ONNX, TORCH_EXPORT, TorchFramework
 #: model types whose encoder layers live under ``transformer.layer`` instead of
 #: ``encoder.layer``
 _LAYER_PREFIX = {"distilbert": "transformer.layer"}
+#: LoRA's default targets, the attention query and value projections, by model type
+#: (BERT's names otherwise)
+_LORA_TARGET = {
+    "distilbert": ("q_lin", "v_lin"),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "mpnet": ("q", "v"),
+}
 
 
 def encoder_groups(model_type: str, layers: int) -> tuple:
@@ -56,6 +63,7 @@ def _spec(name: str, config: dict, factory: str, **extra) -> BackboneSpec:
         factory=factory,
         loads_pretrained=True,
         max_length=positions,
+        lora_target=_LORA_TARGET.get(config.get("model_type", ""), ("query", "value")),
         **extra,
     )
 

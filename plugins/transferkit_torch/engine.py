@@ -168,10 +168,25 @@ class TorchEngine(Engine):
             lora_dropout=peft["dropout"],
             bias="none",
         )
+        layers = [
+            name
+            for name, m in self.backbone.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and getattr(m, "groups", 1) == 1
+        ]
+        targets = list(peft["target"])
+        if not any(n == t or n.endswith("." + t) for n in layers for t in targets):
+            shown = ", ".join(layers[:12]) + (
+                f", ... ({len(layers)} in all)" if len(layers) > 12 else ""
+            )
+            raise ConfigError(
+                f"LoRA target {targets} matches no module of {self.spec.name!r}; its linear "
+                f"and convolution layers: {shown or 'none'} (a target matches a module whose "
+                "name ends with it)"
+            )
         try:
             inject_adapter_in_model(config, self.backbone)
-        except ValueError as e:  # no module matched the target names
-            raise ConfigError(f"LoRA target {peft['target']} in {self.spec.name!r}: {e}") from None
+        except ValueError as e:  # a module peft cannot adapt
+            raise ConfigError(f"LoRA target {targets} in {self.spec.name!r}: {e}") from None
         self._index_parameters()
         self.optimizer = None
 

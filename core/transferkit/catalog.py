@@ -48,6 +48,10 @@ class WeightSource:
         return Path(_load_callable(self.resolve)())
 
 
+#: the tag every backbone of an input kind carries
+MODALITY_TAG = {"image": "vision", "text": "text"}
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """Metadata and factory of one backbone.
@@ -66,7 +70,7 @@ class BackboneSpec:
             saved model moves between frameworks through it.
         weights: pretrained weight source, or None when the backbone has none.
         mean, std: per-channel normalisation applied to inputs in [0, 1].
-        tags: free-form labels for filtering.
+        tags: free-form labels for filtering; ``"vision"`` (images) or ``"text"`` is added.
         resizable: whether images of other sizes may be fed (fully convolutional).
         ignore_keys: prefixes of keys a weights file may hold that are not part of
             the backbone (a pretrained classifier, for example).
@@ -123,6 +127,9 @@ class BackboneSpec:
                 "backbone layer group; call it something else ('conv_head', say)"
             )
         object.__setattr__(self, "groups", groups)
+        modality = MODALITY_TAG.get(self.input_kind)  # `transferkit backbones --tag vision`
+        if modality and modality not in self.tags:
+            object.__setattr__(self, "tags", (modality, *self.tags))
         try:
             shape = tuple(int(s) for s in self.input_shape)
             if not shape or min(shape) < 1 or int(self.feature_size) < 1:

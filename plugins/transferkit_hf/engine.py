@@ -109,6 +109,34 @@ class HFEngine(TorchEngine):
         return {"pooling": self.backbone.pooling, "normalize": self.backbone.normalize}
 
 
+class HFVisionEngine(TorchEngine):
+    """An image model of Transformers: the PyTorch engine (NCHW pixel values), with the
+    layer groups' features from the hidden states the model returns."""
+
+    @torch.inference_mode()
+    def group_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self._eval()
+        out = self.backbone.model(pixel_values=self.to_input(x), output_hidden_states=True)
+        names = self.spec.group_names
+        hidden = out.hidden_states
+        if hidden is None or len(hidden) < len(names):
+            raise ConfigError(
+                f"group_features: {self.spec.name!r} returns "
+                f"{0 if hidden is None else len(hidden)} hidden states for its {len(names)} "
+                "layer groups (the embeddings, then each layer), so they cannot be matched"
+            )
+        pooled = [self.backbone.pool(h).float().cpu().numpy() for h in hidden[: len(names) - 1]]
+        last = self.backbone(self.to_input(x)).float().cpu().numpy()  # the features
+        return dict(zip(names, [*pooled, last], strict=True))
+
+    def save_assets(self, path: Path) -> None:
+        self.backbone.processor.save_pretrained(path)
+        self.backbone.model.config.save_pretrained(path)
+
+    def options(self) -> dict[str, Any]:
+        return {"pooling": self.backbone.pooling}
+
+
 def build_engine(
     spec: BackboneSpec,
     head: Head,
@@ -118,9 +146,15 @@ def build_engine(
     assets: Path | None = None,
     device: str = "auto",
     **options: Any,
-) -> HFEngine:
+) -> TorchEngine:
     torch.manual_seed(seed)
     kwargs = {**spec.options, **options}
+    if spec.input_kind == "image":
+        kwargs.pop("normalize", None)  # a text encoder's option
+        backbone = spec.create(
+            torch.nn.Module, input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs
+        )
+        return HFVisionEngine(spec, backbone, head, device=device)
     backbone = spec.create(
         HFEncoder, input_shape=input_shape, pretrained=pretrained, assets=assets, **kwargs
     )

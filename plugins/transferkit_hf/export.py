@@ -1,5 +1,6 @@
 """Hugging Face encoders' deployment formats: ONNX and ``torch.export`` programs, written
-by the PyTorch adapter's machinery from a module that takes token ids.
+by the PyTorch adapter's machinery from a module that takes token ids (image encoders:
+from images, as every PyTorch image model).
 
 The exported graph takes ``input_ids`` and ``attention_mask`` (int64 ``(N, L)``, any
 ``N``, ``L`` up to the model's ``max_length``) as the tokenizer saved beside the export
@@ -18,6 +19,7 @@ from torch import nn
 from transferkit.errors import ConfigError
 from transferkit.export import tokenizer_path
 from transferkit.formats import Serving
+from transferkit_torch import export as torch_export
 from transferkit_torch.export import _cpu_eval, run, write
 
 NAMES = ["input_ids", "attention_mask"]
@@ -48,6 +50,8 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.
 
 
 def export(model: Any, path: Path, fmt: str, serving: Serving) -> None:
+    if serving.input_kind == "image":  # an image encoder: as any PyTorch image model
+        return torch_export.export(model, path, fmt, serving)
     max_length = int(serving.input_shape[0])
     example = tokenize(model.engine.backbone.tokenizer, TRACE_TEXTS, max_length)
     tokens = torch.export.Dim("tokens", min=2, max=max_length)
@@ -60,7 +64,10 @@ def export(model: Any, path: Path, fmt: str, serving: Serving) -> None:
 
 
 def run_exported(path: Path, fmt: str, texts: list[str], serving: Serving) -> np.ndarray:
-    """Tokenize as a user would, with the tokenizer saved beside the export, and run it."""
+    """Tokenize as a user would, with the tokenizer saved beside the export, and run it
+    (images go in as they are)."""
+    if serving.input_kind == "image":
+        return torch_export.run_exported(path, fmt, texts)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path(Path(path))))

@@ -280,22 +280,28 @@ def test_a_failing_process_fails_the_run(tmp_path):
     assert "rank 1 could not read its data" in run.stderr
 
 
-@pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
-def test_cli_nproc_runs_flax_under_jax_distributed(tmp_path):
-    base = ["fit", "--backbone", "flax:cnn", "--data", "builtin:digits", "--shots", "8"]
-    base += ["--epochs", "2", "--weights", "none", "--batchnorm", "frozen", "--lr", "0.05"]
-    base += ["--batch-size", "15", "--optimizer", "sgd", "--seed", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _fit_on_1_and_2_processes(tmp_path, base: list[str], **env: str) -> dict:
+    """``transferkit fit <base> --nproc 1`` and ``--nproc 2``, saved to ``n1`` and ``n2``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     runs = {}
     for nproc in (1, 2):
         out = tmp_path / f"n{nproc}"
         command = [sys.executable, "-m", "transferkit", *base, "--nproc", str(nproc)]
         r = subprocess.run(
-            [*command, "--out", str(out)], capture_output=True, text=True, timeout=240, env=env
+            [*command, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env
         )
         assert r.returncode == 0, r.stderr[-3000:]
         runs[nproc] = r
     assert "launching 2 processes" in runs[2].stderr
+    return runs
+
+
+@pytest.mark.skipif(not HAS_FLAX, reason="needs flax")
+def test_cli_nproc_runs_flax_under_jax_distributed(tmp_path):
+    base = ["fit", "--backbone", "flax:cnn", "--data", "builtin:digits", "--shots", "8"]
+    base += ["--epochs", "2", "--weights", "none", "--batchnorm", "frozen", "--lr", "0.05"]
+    base += ["--batch-size", "15", "--optimizer", "sgd", "--seed", "1"]
+    runs = _fit_on_1_and_2_processes(tmp_path, base)
     out = runs[2].stdout  # after gloo's own lines, the report, printed once by rank 0
     report = json.loads(out[out.index("{\n") :])
     assert report["epochs"] == 2 and "val" in report
@@ -311,17 +317,8 @@ def test_cli_nproc_runs_keras_on_jax_under_its_data_parallel_distribution(tmp_pa
     base = ["fit", "--backbone", "keras:cnn", "--data", "builtin:digits", "--shots", "8"]
     base += ["--epochs", "2", "--batchnorm", "frozen", "--lr", "0.05", "--batch-size", "15"]
     base += ["--optimizer", "sgd", "--seed", "1", "--regularizer", "l2sp", "--alpha", "0.1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "jax"}
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"n{nproc}"
-        command = [sys.executable, "-m", "transferkit", *base, "--nproc", str(nproc)]
-        r = subprocess.run(
-            [*command, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env
-        )
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs[nproc] = r
-    assert "launching 2 processes" in runs[2].stderr
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    runs = _fit_on_1_and_2_processes(tmp_path, base, KERAS_BACKEND="jax")
     assert runs[2].stderr.count("epoch 2/2") == 1  # progress from rank 0 only
     check = (
         "import sys, numpy as np, transferkit as tk\n"

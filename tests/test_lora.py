@@ -62,3 +62,12 @@ def test_a_lora_target_that_matches_nothing_names_the_models_layers():
     ):
         tk.fit(model, train, freeze=tk.freeze.LoRA(target="query"), epochs=1, verbose=0)
     assert model.peft is None and not any("lora" in k for k in model.get_weights())
+
+
+def test_lora_is_refused_where_the_framework_has_none():
+    pytest.importorskip("flax")
+    model = tk.build("flax:cnn", head=tk.Classifier(5), weights=None)
+    train = datasets.digits_transfer(shots=2, seed=0)[0]
+    with pytest.raises(ConfigError, match=r"the flax framework has no 'lora' modules "
+                       r"\(tk.freeze.LoRA\); hf, torch do"):  # fmt: skip
+        tk.fit(model, train, freeze=tk.freeze.LoRA(), epochs=1, verbose=0)

@@ -23,6 +23,7 @@ from transferkit.scaling import check, check_nproc, shard
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_FLAX = importlib.util.find_spec("flax") is not None
+HAS_JAX = importlib.util.find_spec("jax") is not None
 #: what a fit here is: SGD (no Adam sign noise), BatchNorm in inference mode (each
 #: process normalises its own shard by batch statistics otherwise), a global batch of 15
 #: over 40 examples (batches 15, 15, 10: shards of 8 and 7, then 5 and 5); a constant
@@ -216,8 +217,10 @@ TORCHRUN_FIT = textwrap.dedent(
     r.save(out / "model")
     # a frozen backbone: each process computes the features of its shard, all gathered
     f = tk.build("torch:cnn", head=tk.Classifier(5), seed=1)
+    computed, features = [], f.features
+    f.features = lambda x, **kw: computed.append(len(x)) or features(x, **kw)
     tk.fit(f, train, epochs=2, freeze=tk.freeze.FeatureExtraction(), strategy="ddp", **opts)
-    np.savez(out / f"frozen-{{f.engine.rank}}.npz", **f.get_weights())
+    np.savez(out / f"frozen-{{f.engine.rank}}.npz", computed=computed, **f.get_weights())
     print("world", r.engine.world, "rank", r.engine.rank)
     """
 )
@@ -255,6 +258,7 @@ def test_torch_ddp_on_two_processes_equals_one_process(tmp_path):
     tk.fit(frozen, train, epochs=2, freeze=tk.freeze.FeatureExtraction(), **FIT)
     for rank in (0, 1):
         two = np.load(tmp_path / f"frozen-{rank}.npz")
+        assert two["computed"].tolist() == [len(train) // 2]  # its shard's features only
         assert max(float(np.abs(two[k] - v).max()) for k, v in frozen.get_weights().items()) < 1e-6
 
 
@@ -310,7 +314,7 @@ def test_cli_nproc_runs_flax_under_jax_distributed(tmp_path):
     assert max(float(np.abs(w1[k] - w2[k]).max()) for k in w1) < 1e-6
 
 
-@pytest.mark.skipif(not HAS_FLAX, reason="needs jax")
+@pytest.mark.skipif(not HAS_JAX, reason="needs jax")
 def test_cli_nproc_runs_keras_on_jax_under_its_data_parallel_distribution(tmp_path):
     # L2-SP (its anchors beside replicated variables) and a global batch of 15 over two
     # devices: padded to 16, the padding row weighing 0

@@ -26,8 +26,8 @@ def _features(model: Model, x: Any) -> np.ndarray:
     """The backbone's features of ``x``; under a strategy, each process computes those of
     its shard and they are gathered (unless the engine's inference spreads itself)."""
     engine = model.engine
-    if engine.world == 1 or engine.spreads_inference:
-        return model.features(x)
+    if engine.world == 1 or engine.spreads_inference or len(x) < engine.world:
+        return model.features(x)  # (fewer examples than processes: each computes all)
     mine = np.arange(len(x))[shard(len(x), engine.rank, engine.world)]
     return engine.all_gather(np.asarray(model.features(take(x, mine)), np.float32))
 

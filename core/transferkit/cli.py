@@ -262,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--hidden", type=int, nargs="*")
     f.add_argument("--dropout", type=float)
     f.add_argument(
-        "--freeze", help="full | feature_extraction | train_last | unfreeze_at | gradual"
+        "--freeze", help="full | feature_extraction | train_last | unfreeze_at | gradual | lora"
     )
     f.add_argument("--weights", help="pretrained (default), none, or a .safetensors path")
     f.add_argument("--epochs", type=int)

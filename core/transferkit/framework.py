@@ -163,6 +163,9 @@ class Engine(ABC):
     def all_gather(self, rows: np.ndarray) -> np.ndarray:
         """Every process's ``rows`` (their lengths may differ), concatenated in rank
         order; called by every process when ``world > 1``."""
+        if self.world > 1:
+            raise ConfigError(f"{type(self).__name__} trains on several processes but does "
+                              "not gather rows from them (Engine.all_gather)")  # fmt: skip
         return rows
 
     def barrier(self) -> None:
@@ -281,7 +284,14 @@ class Framework(ABC):
             from .plugins import registry
 
             taken = {f.name: {o.name for o in f.options} for f in registry().frameworks.values()}
-            owners = {u: [f for f, names in taken.items() if u in names] for u in unknown}
+            owners = {
+                u: [
+                    f if f != self.name else f"other {f} backbones"
+                    for f, n in taken.items()
+                    if u in n
+                ]
+                for u in unknown
+            }
             raise ConfigError(
                 f"unknown option(s) {', '.join(unknown)} for {spec.name!r}; the {self.name} "
                 f"framework takes {', '.join(o.describe() for o in known.values())}"
@@ -335,6 +345,8 @@ class Framework(ABC):
     strategies: tuple[str, ...] = ()
     #: (strategy, why) for strategies it lacks in this configuration, said in the error
     strategy_notes: tuple[tuple[str, str], ...] = ()
+    #: the parameter-efficient modules its engines insert (``"lora"``: ``Engine.add_peft``)
+    peft_kinds: tuple[str, ...] = ()
 
     def launcher(self, nproc: int) -> list[str]:
         """The command that starts ``nproc`` processes of ``python -m transferkit`` (then

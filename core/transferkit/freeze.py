@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from . import validate
 from .errors import ConfigError
@@ -176,7 +176,7 @@ class LoRA(FreezePolicy):
         return 0
 
     @property
-    def peft(self) -> dict:
+    def peft(self) -> dict:  # checked against the framework by ``check_peft``
         return {
             "kind": "lora",
             "r": self.r,
@@ -223,3 +223,17 @@ def from_name(name: str, **options: float) -> FreezePolicy:
             f"are {', '.join(known)}"
         )
     return cls(**options)
+
+
+def check_peft(framework: Any, kind: str) -> None:
+    """Refuse parameter-efficient modules a framework does not insert, naming those that
+    do, before any work."""
+    if kind in framework.peft_kinds:
+        return
+    from .plugins import registry
+
+    others = [f.name for f in registry().frameworks.values() if kind in f.peft_kinds]
+    raise ConfigError(
+        f"the {framework.name} framework has no {kind!r} modules (tk.freeze.LoRA)"
+        + (f"; {', '.join(others)} {'do' if len(others) > 1 else 'does'}" if others else "")
+    )

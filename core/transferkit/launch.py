@@ -67,7 +67,9 @@ def launch(cfg: dict[str, Any]) -> int:
     framework.ensure_installed()
     check_nproc(cfg["nproc"], framework)
     check(framework, cfg.get("precision"), "ddp")
-    freeze.from_name(cfg.get("freeze", "full"), **cfg.get("freeze_options", {}))
+    policy = freeze.from_name(cfg.get("freeze", "full"), **cfg.get("freeze_options", {}))
+    if policy.peft is not None:
+        freeze.check_peft(framework, policy.peft["kind"])
     _regularizer({"regularizer": "none", **cfg})
     _check_out(cfg.get("out", "runs/model"))
     run = {k: v for k, v in cfg.items() if v is not None and k != "nproc"}

@@ -86,6 +86,10 @@ class Model:
     def add_peft(self, peft: dict[str, Any]) -> None:
         """Insert trainable parameter-efficient modules (LoRA) into the frozen backbone;
         ``tk.freeze.LoRA`` calls this for you. No ``target``: the backbone's own."""
+        from .freeze import check_peft
+        from .plugins import registry
+
+        check_peft(registry().framework(self.framework), peft.get("kind"))
         if peft.get("target") is None:
             if not self.spec.lora_target:
                 raise ConfigError(

@@ -97,6 +97,7 @@ class HFFramework(Framework):
     precisions = TorchFramework.precisions
     strategies = TorchFramework.strategies
     launcher = TorchFramework.launcher
+    peft_kinds = TorchFramework.peft_kinds
 
     def device_name(self, model):
         from .baselines import device_name

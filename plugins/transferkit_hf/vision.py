@@ -38,6 +38,8 @@ class Family:
     resizable: bool = False
     #: the vision tower's class, for image-text models
     tower: str | None = None
+    #: whether the first token is a [CLS] token (``pooling="cls"`` means something)
+    cls_token: bool = True
 
 
 _QV = ("query", "value", "q_proj", "v_proj")  # attention query and value projections
@@ -54,10 +56,13 @@ FAMILIES = {
         "pooler",
         _QV,
         tower="SiglipVisionModel",
+        cls_token=False,
     ),
     # the layer-normed global average of the last stage
-    "convnext": Family(("encoder.stages",), "pooler", ("pwconv1", "pwconv2"), resizable=True),
-    "swin": Family(("encoder.layers",), "pooler", _QV),
+    "convnext": Family(
+        ("encoder.stages",), "pooler", ("pwconv1", "pwconv2"), resizable=True, cls_token=False
+    ),
+    "swin": Family(("encoder.layers",), "pooler", _QV, cls_token=False),
 }
 #: image-text models whose vision tower is the backbone
 TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
@@ -72,18 +77,36 @@ def vision_config(config: dict) -> dict | None:
     return config if kind in FAMILIES else None
 
 
+def _need(config: dict, key: str) -> Any:
+    if config.get(key) is None:
+        raise ConfigError(
+            f"a {config['model_type']!r} image model without {key!r} in its config.json: save "
+            "its config with save_pretrained, which writes every field"
+        )
+    return config[key]
+
+
 def _depth(config: dict) -> int:
     if "depths" in config:
         return len(config["depths"])
-    return int(config["num_hidden_layers"])
+    return int(_need(config, "num_hidden_layers"))
 
 
 def _width(config: dict) -> int:
     if config.get("hidden_sizes"):
         return int(config["hidden_sizes"][-1])
     if config["model_type"] == "swin":
-        return int(config["embed_dim"] * 2 ** (len(config["depths"]) - 1))
-    return int(config["hidden_size"])
+        return int(_need(config, "embed_dim") * 2 ** (_depth(config) - 1))
+    return int(_need(config, "hidden_size"))
+
+
+def _smallest(config: dict, family: Family, size: tuple[int, int]) -> int:
+    """The smallest input side: a patch (DINOv2), the total stride (ConvNeXt), or the
+    processor's size for models that take no other."""
+    if not family.resizable:
+        return min(size)
+    patch = int(config.get("patch_size", 4))
+    return patch * 2 ** (_depth(config) - 1) if config["model_type"] == "convnext" else patch
 
 
 def groups(config: dict) -> tuple:
@@ -122,8 +145,10 @@ def spec(name: str, config: dict, processor: dict, **extra: Any) -> BackboneSpec
     family = FAMILIES[config["model_type"]]
     h, w = image_size(processor, config)
     channels = int(config.get("num_channels", 3))
-    mean = tuple(float(v) for v in processor.get("image_mean", (0.5,) * channels))
-    std = tuple(float(v) for v in processor.get("image_std", (0.5,) * channels))
+    normalize = processor.get("do_normalize", True)
+    mean = processor.get("image_mean", (0.5,) * channels) if normalize else (0.0,) * channels
+    std = processor.get("image_std", (0.5,) * channels) if normalize else (1.0,) * channels
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     options = {"pooling": family.pooling, **extra.pop("options", {})}
     return BackboneSpec(
         name=name,
@@ -136,7 +161,7 @@ def spec(name: str, config: dict, processor: dict, **extra: Any) -> BackboneSpec
         mean=mean,
         std=std,
         resizable=family.resizable,
-        min_input_size=min(h, w) if not family.resizable else 1,
+        min_input_size=_smallest(config, family, (h, w)),
         lora_target=family.lora_target,
         options=options,
         **extra,
@@ -165,10 +190,15 @@ def _encoder_class() -> type:
     class HFVisionEncoder(nn.Module):
         """An image model and its processor; pools its outputs into one vector."""
 
-        def __init__(self, model: nn.Module, processor: Any, pooling: str) -> None:
+        def __init__(self, model: nn.Module, processor: Any, pooling: str, cls: bool) -> None:
             super().__init__()
             if pooling not in POOLINGS:
                 raise ConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+            if pooling == "cls" and not cls:
+                raise ConfigError(
+                    f"{type(model).__name__} has no [CLS] token; build with pooling='pooler' "
+                    "(its own pooled output) or 'mean'"
+                )
             self.model, self.processor, self.pooling = model, processor, pooling
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -222,4 +252,4 @@ def from_name(
             model = AutoModel.from_config(config)
     except OSError as e:
         raise not_found(str(source), e) from None
-    return _encoder_class()(model, processor, pooling)
+    return _encoder_class()(model, processor, pooling, FAMILIES[kind].cls_token)

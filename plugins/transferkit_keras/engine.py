@@ -717,8 +717,8 @@ def build_engine(
     **options: Any,
 ) -> KerasEngine:
     # ``options`` were checked by core against KerasFramework.build_options(spec)
+    kscaling.initialize_from_env()  # a launched process joins before JAX computes
     placement = resolve_device(device)
-    kscaling.initialize_from_env()  # a launched process joins before building
     keras.utils.set_random_seed(seed)
     with keras.device(placement) if placement else contextlib.nullcontext():
         backbone = spec.create(keras.Model, input_shape=tuple(input_shape), **options)

@@ -56,6 +56,8 @@ def initialize_from_env() -> None:
 
 def distribution() -> Any:
     """The ``DataParallel`` distribution in force (None: one process, one device)."""
+    if keras.backend.backend() != "jax":
+        return None
     d = keras.distribution.distribution()
     if d is not None and not isinstance(d, keras.distribution.DataParallel):
         raise ConfigError(

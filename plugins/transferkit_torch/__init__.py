@@ -47,6 +47,7 @@ class TorchFramework(Framework):
     )
     precisions = ("32", "bf16-mixed", "16-mixed")
     strategies = ("ddp",)
+    peft_kinds = ("lora",)
 
     def launcher(self, nproc):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone"] + [

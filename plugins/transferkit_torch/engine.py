@@ -168,13 +168,14 @@ class TorchEngine(Engine):
             lora_dropout=peft["dropout"],
             bias="none",
         )
-        layers = [
-            name
-            for name, m in self.backbone.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d)) and getattr(m, "groups", 1) == 1
-        ]
         targets = list(peft["target"])
-        if not any(n == t or n.endswith("." + t) for n in layers for t in targets):
+        names = [name for name, _ in self.backbone.named_modules()]
+        if not any(n == t or n.endswith("." + t) for n in names for t in targets):
+            layers = [  # what a user would adapt, for the message
+                name
+                for name, m in self.backbone.named_modules()
+                if isinstance(m, (nn.Linear, nn.Conv2d)) and getattr(m, "groups", 1) == 1
+            ]
             shown = ", ".join(layers[:12]) + (
                 f", ... ({len(layers)} in all)" if len(layers) > 12 else ""
             )

@@ -186,8 +186,8 @@ def test_an_image_model_without_its_processor_is_named(zoo, tmp_path):
 
 def test_a_hub_image_model_offline_says_how_to_pass_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(errors.WeightsError, match=r"'facebook/dinov2-small'.*HF_HUB_OFFLINE is "
-                       r"set.*tk.build\('hf:/path/to/model'"):  # fmt: skip
+    message = r"'facebook/dinov2-small'.*HF_HUB_OFFLINE is set. It is looked for in .*hub"
+    with pytest.raises(errors.WeightsError, match=message + r".*tk.build\('hf:/path/to/model'"):
         tk.build("hf:facebook/dinov2-small", head=tk.Classifier(5))
 
 
@@ -202,3 +202,12 @@ def test_an_image_encoder_exports_from_images(zoo, train, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
     np.testing.assert_allclose(out, model.predict(x), atol=1e-4)
+
+
+def test_an_image_model_of_another_family_is_named(tmp_path):
+    config = transformers.BeitConfig(image_size=32, patch_size=8, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
+    transformers.BeitModel(config).save_pretrained(tmp_path / "beit")
+    message = r"is a 'beit' image model; transferkit's Hugging Face image encoders are vit, "
+    with pytest.raises(errors.ConfigError, match=message + "dinov2, clip_vision_model"):
+        tk.build(f"hf:{tmp_path / 'beit'}", head=tk.Classifier(5))

@@ -147,6 +147,11 @@ class HFFramework(Framework):
                 config = AutoConfig.from_pretrained(name).to_dict()
             except OSError as e:
                 raise not_found(name, e) from None
+        if vision.looks_like_images(config) and vision.vision_config(config) is None:
+            raise ConfigError(
+                f"{name!r} is a {config.get('model_type')!r} image model; transferkit's "
+                f"Hugging Face image encoders are {', '.join(vision.MODEL_TYPES)}"
+            )
         if vision.vision_config(config) is not None:
             return vision.spec(
                 f"hf:{name}",

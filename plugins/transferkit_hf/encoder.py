@@ -50,6 +50,15 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
+def _cache() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except ImportError:
+        return "the Hugging Face cache (HF_HUB_CACHE)"
+
+
 def not_found(source: str, error: Exception) -> WeightsError:
     """The error for a model that is neither local nor cached."""
     why = (
@@ -59,8 +68,19 @@ def not_found(source: str, error: Exception) -> WeightsError:
     )
     return WeightsError(
         f"cannot load the Hugging Face model {source!r}: it is not a local directory and {why}. "
-        f"Download it where there is a network (huggingface-cli download {source}) or pass a "
-        f"local directory: tk.build('hf:/path/to/model', ...). ({type(error).__name__})"
+        f"It is looked for in {_cache()}. Download it where there is a network "
+        f"(huggingface-cli download {source}) and copy the cache, or pass a local directory: "
+        f"tk.build('hf:/path/to/model', ...). ({type(error).__name__})"
+    )
+
+
+def unknown_type(source: str, model_type: str) -> ConfigError:
+    """The error for a model type the installed Transformers does not know."""
+    import transformers
+
+    return ConfigError(
+        f"{source!r} is a {model_type!r} model, which Transformers {transformers.__version__} "
+        "does not know: upgrade it (pip install -U transformers) or use another model"
     )
 
 
@@ -86,7 +106,21 @@ def load_encoder(
             model = AutoModel.from_config(AutoConfig.from_pretrained(where))
     except OSError as e:
         raise not_found(str(source), e) from None
+    except ValueError as e:  # a model type this Transformers does not know
+        if "does not recognize" not in str(e):
+            raise
+        raise unknown_type(str(source), kind_of(where)) from None
     return HFEncoder(model, tokenizer, pooling, normalize)
+
+
+def kind_of(where: str) -> str:
+    """The ``model_type`` a local model directory declares ("unknown" elsewhere)."""
+    import json
+
+    try:
+        return json.loads((Path(where) / "config.json").read_text()).get("model_type", "unknown")
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def minilm_path() -> Path:

@@ -68,6 +68,16 @@ FAMILIES = {
 TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
 
 
+#: the model types ``hf:`` takes as image encoders
+MODEL_TYPES = (*FAMILIES, *TOWERS)
+
+
+def looks_like_images(config: dict) -> bool:
+    """An image model's config (of any family): it sizes images, not vocabularies."""
+    kind = config.get("model_type", "")
+    return kind in TOWERS or "num_channels" in config or "image_size" in config
+
+
 def vision_config(config: dict) -> dict | None:
     """The vision model's config (the tower's, for an image-text model), or None for a
     model that is not one of :data:`FAMILIES`."""
@@ -234,7 +244,7 @@ def from_name(
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
     from transformers.utils import logging
 
-    from .encoder import not_found
+    from .encoder import kind_of, not_found, unknown_type
 
     logging.disable_progress_bar()
     where = str(assets if assets is not None else source)
@@ -252,4 +262,8 @@ def from_name(
             model = AutoModel.from_config(config)
     except OSError as e:
         raise not_found(str(source), e) from None
+    except (KeyError, ValueError) as e:  # a model type this Transformers does not know
+        if "does not recognize" not in str(e) and not isinstance(e, KeyError):
+            raise
+        raise unknown_type(str(source), kind_of(where)) from None
     return _encoder_class()(model, processor, pooling, FAMILIES[kind].cls_token)

@@ -8,6 +8,8 @@ embeddings) or ``cls`` (the first token), optionally L2-normalised.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +100,27 @@ def load_encoder(
 
     logging.disable_progress_bar()
     where = str(assets if assets is not None else source)
-    try:
+    with loading(source, where):
         tokenizer = AutoTokenizer.from_pretrained(where)
         if pretrained and assets is None:
             model = AutoModel.from_pretrained(where)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(where))
+    return HFEncoder(model, tokenizer, pooling, normalize)
+
+
+@contextmanager
+def loading(source: str | Path, where: str) -> Iterator[None]:
+    """Transformers' loading errors as transferkit's: a model neither local nor cached, a
+    model type the installed Transformers does not know."""
+    try:
+        yield
     except OSError as e:
         raise not_found(str(source), e) from None
-    except ValueError as e:  # a model type this Transformers does not know
+    except ValueError as e:
         if "does not recognize" not in str(e):
             raise
         raise unknown_type(str(source), kind_of(where)) from None
-    return HFEncoder(model, tokenizer, pooling, normalize)
 
 
 def kind_of(where: str) -> str:

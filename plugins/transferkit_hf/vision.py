@@ -244,11 +244,11 @@ def from_name(
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
     from transformers.utils import logging
 
-    from .encoder import kind_of, not_found, unknown_type
+    from .encoder import loading
 
     logging.disable_progress_bar()
     where = str(assets if assets is not None else source)
-    try:
+    with loading(source, where):
         processor = AutoImageProcessor.from_pretrained(where)
         config = AutoConfig.from_pretrained(where)
         kind = TOWERS.get(config.model_type, config.model_type)
@@ -260,10 +260,4 @@ def from_name(
             model = cls._from_config(getattr(config, "vision_config", config))
         else:
             model = AutoModel.from_config(config)
-    except OSError as e:
-        raise not_found(str(source), e) from None
-    except (KeyError, ValueError) as e:  # a model type this Transformers does not know
-        if "does not recognize" not in str(e) and not isinstance(e, KeyError):
-            raise
-        raise unknown_type(str(source), kind_of(where)) from None
     return _encoder_class()(model, processor, pooling, FAMILIES[kind].cls_token)

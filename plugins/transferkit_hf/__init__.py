@@ -80,9 +80,10 @@ VISION_POOLING = BuildOption(
 
 
 class HFFramework(Framework):
-    """Hugging Face Transformers encoders (PyTorch). Build options: ``pooling`` ("mean"
-    or "cls") and ``normalize`` (L2-normalise features); ``input_shape=(max_length,)``
-    sets the truncation length."""
+    """Hugging Face Transformers encoders (PyTorch). Text encoders' build options:
+    ``pooling`` ("mean" or "cls") and ``normalize`` (L2-normalise features);
+    ``input_shape=(max_length,)`` sets the truncation length. Image encoders': ``pooling``
+    ("cls", "mean" or "pooler"; by default the family's, see ``vision.FAMILIES``)."""
 
     name = "hf"
     extra = "hf"

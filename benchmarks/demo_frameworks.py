@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from framework_accuracy import spreads
+from framework_accuracy import spread_row, spreads
 
 from transferkit import demo
 from transferkit.bench.report import write_study
@@ -92,11 +92,7 @@ def markdown(table: list[dict], frameworks: list[str], seeds: int, command: str)
     ]
     for t in table:
         cells = " | ".join(f"{t['mean'][f]:.3f}" for f in frameworks)
-        lines.append(
-            f"| {t['backbone']} | {t['labels_per_class']} | {cells} | "
-            f"{t['between_frameworks']:.3f} | {t['between_seeds']:.3f} | "
-            f"{t['sd_frameworks']:.3f} | {t['sd_seeds']:.3f} | {t['vs_torch']:.3f} |"
-        )
+        lines.append(spread_row(t, cells))
     agree = sum(t["agree"] for t in table)
     lines += ["", f"sd between frameworks <= sd between seeds in {agree} of {len(table)} cells."]
     identical = sum(t["between_frameworks"] == 0 for t in table)

@@ -172,12 +172,18 @@ def markdown(table: list[dict], seeds: int, command: str, minutes: float) -> str
     for t in table:
         cells = " | ".join(f"{t['mean'].get(f, float('nan')):.3f}" for f in fws)
         ctl = f"{t['control_vs_torch']:.3f}" if "control_vs_torch" in t else "-"
-        lines.append(
-            f"| {t['backbone']} | {t['labels_per_class']} | {cells} | "
-            f"{t['between_frameworks']:.3f} | {t['between_seeds']:.3f} | "
-            f"{t['sd_frameworks']:.3f} | {t['sd_seeds']:.3f} | {t['vs_torch']:.3f} | {ctl} |"
-        )
+        lines.append(f"{spread_row(t, cells)} {ctl} |")
     return "\n".join(lines) + "\n"
+
+
+def spread_row(t: dict, cells: str) -> str:
+    """A table row of :func:`spreads`' figures: case, label count, the frameworks'
+    ``cells``, ranges, standard deviations and the difference from torch."""
+    return (
+        f"| {t['backbone']} | {t['labels_per_class']} | {cells} | "
+        f"{t['between_frameworks']:.3f} | {t['between_seeds']:.3f} | "
+        f"{t['sd_frameworks']:.3f} | {t['sd_seeds']:.3f} | {t['vs_torch']:.3f} |"
+    )
 
 
 def main() -> None:

@@ -1,6 +1,9 @@
 import importlib.util
 import os
 
+if importlib.util.find_spec("keras") is not None:  # before any test module imports keras
+    import transferkit_keras.import_order  # noqa: F401
+
 import numpy as np
 import pytest
 

@@ -27,8 +27,8 @@ def test_listing_backbones_imports_no_framework():
     code = (
         "import sys, transferkit as tk; names = [s.name for s in tk.list_backbones()]; "
         "from transferkit.cli import main; main(['backbones']); "
-        "bad = [m for m in ('torch', 'jax', 'flax', 'tensorflow', 'keras', 'transformers') "
-        "if m in sys.modules]; print('IMPORTED', bad, len(names))"
+        "bad = [m for m in ('torch', 'jax', 'flax', 'tensorflow', 'keras', 'transformers', "
+        "'timm', 'torchvision') if m in sys.modules]; print('IMPORTED', bad, len(names))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

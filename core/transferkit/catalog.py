@@ -72,8 +72,9 @@ class BackboneSpec:
         mean, std: per-channel normalisation applied to inputs in [0, 1].
         tags: free-form labels for filtering; ``"vision"`` (images) or ``"text"`` is added.
         resizable: whether images of other sizes may be fed (fully convolutional).
-        ignore_keys: prefixes of keys a weights file may hold that are not part of
-            the backbone (a pretrained classifier, for example).
+        ignore_keys: prefixes (or glob patterns, ``"*.num_batches_tracked"``) of keys a
+            weights file may hold that are not part of the backbone (a pretrained
+            classifier, for example).
         loads_pretrained: the framework's own loading code reads the pretrained weights
             (a model hub's cache, say) instead of transferkit reading ``weights``; the
             factory then receives ``pretrained=True|False``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
 from collections.abc import Mapping
@@ -67,9 +68,13 @@ def match(
     """Check names and shapes against an architecture; returns float32 arrays.
 
     Raises :class:`WeightsError` listing missing names, unexpected names and shape
-    mismatches (a few of each), so the user sees exactly what does not fit.
+    mismatches (a few of each), so the user sees exactly what does not fit. ``ignore``:
+    prefixes (``"fc"``: ``fc.weight``, ...) or glob patterns (``"*.num_batches_tracked"``)
+    of names the file may hold that the architecture has no use for.
     """
-    ignored = lambda k: any(k == p or k.startswith(p + ".") for p in ignore)
+    ignored = lambda k: any(
+        fnmatch.fnmatchcase(k, p) if "*" in p else k == p or k.startswith(p + ".") for p in ignore
+    )
     given = {k: v for k, v in arrays.items() if not ignored(k)}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))

@@ -11,6 +11,9 @@ explicit ``ZeroPadding2D`` before a ``"valid"`` convolution.
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before keras: see import_order.py)
+
+# isort: split
 import keras
 from keras import layers
 

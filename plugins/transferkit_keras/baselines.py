@@ -12,6 +12,9 @@ transferkit. The call's whole wall time is reported as well. The backend is what
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before keras: see import_order.py)
+
+# isort: split
 import math
 import time
 

@@ -8,6 +8,9 @@ weights were trained with.
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before keras: see import_order.py)
+
+# isort: split
 import keras
 from keras import layers
 

@@ -14,6 +14,9 @@ dense kernels transposed.
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before keras: see import_order.py)
+
+# isort: split
 import contextlib
 import functools
 from collections.abc import Mapping

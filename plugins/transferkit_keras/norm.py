@@ -9,6 +9,9 @@ map of a batch of 32, the two differ by 32/31. Normalisation itself is unchanged
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before keras: see import_order.py)
+
+# isort: split
 import keras
 from keras import layers, ops
 

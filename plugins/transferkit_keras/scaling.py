@@ -16,6 +16,9 @@ multi-process strategy that its compiled steps run under (``KerasFramework``'s
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before keras: see import_order.py)
+
+# isort: split
 from typing import Any
 
 import keras

@@ -1,7 +1,8 @@
 """transferkit's PyTorch adapter, registered through the ``transferkit`` entry point.
 
 Importing this module imports no torch: the framework and the backbones are
-registered as metadata; torch is imported when a model is built.
+registered as metadata; torch is imported when a model is built. It also registers the
+``timm:`` and ``torchvision:`` model zoos (:mod:`transferkit_torch.zoo`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ TORCH_EXPORT = ExportFormat(
 
 
 class TorchFramework(Framework):
-    """PyTorch (eager). Backbone factories receive ``input_shape=(H, W, C)`` and return an
-    ``nn.Module`` mapping normalised NCHW input to ``(N, feature_size)`` features."""
+    """PyTorch (eager). Backbone factories receive ``input_shape=(H, W, C)`` (and, where
+    the spec ``loads_pretrained``, ``pretrained=``, ``assets=`` and the spec's options) and
+    return an ``nn.Module`` mapping normalised NCHW input to ``(N, feature_size)``
+    features."""
 
     name = "torch"
     extra = "torch"
@@ -85,10 +88,19 @@ class TorchFramework(Framework):
 
 @hookimpl
 def transferkit_register_frameworks(register):
+    from .zoo import TimmFramework, TorchvisionFramework
+
     register(TorchFramework())
+    register(TimmFramework())
+    register(TorchvisionFramework())
 
 
 @hookimpl
 def transferkit_register_backbones(register):
+    from .zoo import indexed
+
     for arch in REFERENCE:
         register(reference_spec("torch", arch, f"transferkit_torch.architectures:{arch}"))
+    for library in ("timm", "torchvision"):  # from the index: neither is imported
+        for spec in indexed(library):
+            register(spec)

@@ -485,7 +485,12 @@ def build_engine(
     seed: int,
     device: str = "auto",
     compile: bool = False,
+    **loading: Any,
 ) -> TorchEngine:
+    """``loading``: for a backbone whose library loads its own pretrained weights
+    (``spec.loads_pretrained``), ``pretrained=`` and ``assets=``, passed to its factory
+    with the spec's options."""
     torch.manual_seed(seed)
-    backbone = spec.create(nn.Module, input_shape=input_shape)
+    extra = {**spec.options, **loading} if spec.loads_pretrained else {}
+    backbone = spec.create(nn.Module, input_shape=input_shape, **extra)
     return TorchEngine(spec, backbone, head, device, compile)

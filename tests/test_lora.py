@@ -69,5 +69,5 @@ def test_lora_is_refused_where_the_framework_has_none():
     model = tk.build("flax:cnn", head=tk.Classifier(5), weights=None)
     train = datasets.digits_transfer(shots=2, seed=0)[0]
     with pytest.raises(ConfigError, match=r"the flax framework has no 'lora' modules "
-                       r"\(tk.freeze.LoRA\); hf, torch do"):  # fmt: skip
+                       r"\(tk.freeze.LoRA\); hf, timm, torch, torchvision do"):  # fmt: skip
         tk.fit(model, train, freeze=tk.freeze.LoRA(), epochs=1, verbose=0)

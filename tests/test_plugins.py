@@ -20,7 +20,8 @@ def fresh(monkeypatch):
 def test_builtin_adapter_is_an_entry_point_plugin(fresh):
     info = {i.name: i for i in tk.list_plugins()}["torch"]
     assert info.status == "loaded" and info.source == "transferkit_torch"
-    assert "torch:resnet18" in info.backbones and info.frameworks == ["torch"]
+    assert "torch:resnet18" in info.backbones  # and the model zoos PyTorch users have
+    assert info.frameworks == ["torch", "timm", "torchvision"]
 
 
 def test_listing_backbones_imports_no_framework():
@@ -239,7 +240,7 @@ def test_a_clash_never_disables_a_builtin_plugin(monkeypatch):
     assert [i.name for i in reg.plugins.values() if i.builtin][0] == list(reg.plugins)[0]
     torch = reg.plugins["torch"]
     assert torch.status == "loaded" and set(torch.backbones) == torch_backbones
-    assert torch.frameworks == ["torch"] and not torch.warnings
+    assert torch.frameworks == ["torch", "timm", "torchvision"] and not torch.warnings
     assert all(reg.catalog.origin[n] == "torch" for n in torch_backbones)
     assert type(reg.frameworks["torch"]).__module__.startswith("transferkit_torch")
     assert reg.framework_origin["torch"] == "torch"

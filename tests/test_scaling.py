@@ -53,12 +53,13 @@ def test_precision_and_strategy_are_checked_against_the_framework(monkeypatch):
     with pytest.raises(ConfigError, match=r"precision must be one of 32, bf16-mixed, 16-mixed"):
         check(flax, "fp8", None)
     with pytest.raises(ConfigError, match=r"flax framework does not train in precision='16-mixed'; "
-                       r"it offers 32, bf16-mixed; hf, keras, torch do"):  # fmt: skip
+                       r"it offers 32, bf16-mixed; hf, keras, timm, torch, "
+                       r"torchvision do"):  # fmt: skip
         check(flax, "16-mixed", None)
     with pytest.raises(
         ConfigError,
         match=r"keras framework has no 'ddp' strategy .*tensorflow issue 72388\); Keras trains "
-        r"on several processes with KERAS_BACKEND=jax\); flax, hf, torch do",
+        r"on several processes with KERAS_BACKEND=jax\); flax, hf, timm, torch, torchvision do",
     ):
         check(keras, "32", "ddp")
     with pytest.raises(ConfigError, match="strategy must be None or one of ddp"):

@@ -114,7 +114,12 @@ def _plugins(args: argparse.Namespace) -> int:
             print(f"    hooks: {', '.join(i.hooks)}")
             if i.frameworks:
                 print(f"    frameworks: {', '.join(i.frameworks)}")
-            print(f"    backbones: {', '.join(i.backbones) or '-'}")
+            shown = ", ".join(i.backbones[:12]) + (  # a model zoo registers thousands
+                f", ... ({len(i.backbones)} in all; `transferkit backbones` lists them)"
+                if len(i.backbones) > 12
+                else ""
+            )
+            print(f"    backbones: {shown or '-'}")
         else:
             print(f"    reason: {i.error}")
         for w in getattr(i, "warnings", ()):

@@ -231,9 +231,10 @@ def check_peft(framework: Any, kind: str) -> None:
     if kind in framework.peft_kinds:
         return
     from .plugins import registry
+    from .scaling import offering
 
-    others = [f.name for f in registry().frameworks.values() if kind in f.peft_kinds]
+    others = list(registry().frameworks.values())
     raise ConfigError(
         f"the {framework.name} framework has no {kind!r} modules (tk.freeze.LoRA)"
-        + (f"; {', '.join(others)} {'do' if len(others) > 1 else 'does'}" if others else "")
+        + offering(kind, "peft_kinds", others)
     )

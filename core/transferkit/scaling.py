@@ -50,8 +50,9 @@ class Scaling:
         return self.precision == "32" and self.strategy is None
 
 
-def _offering(wanted: str, attribute: str, frameworks: list[Framework]) -> str:
-    names = [f.name for f in frameworks if wanted in getattr(f, attribute)]
+def offering(wanted: str, attribute: str, frameworks: list[Framework]) -> str:
+    """``"; a, b do"``: the frameworks that have ``wanted`` in their ``attribute``."""
+    names = sorted(f.name for f in frameworks if wanted in getattr(f, attribute))
     return f"; {', '.join(names)} {'do' if len(names) > 1 else 'does'}" if names else ""
 
 
@@ -75,7 +76,7 @@ def check(
     if precision not in framework.precisions:
         raise ConfigError(
             f"the {framework.name} framework does not train in precision={precision!r}; it "
-            f"offers {', '.join(framework.precisions)}" + _offering(precision, "precisions", others)
+            f"offers {', '.join(framework.precisions)}" + offering(precision, "precisions", others)
         )
     if strategy is not None:
         if strategy not in STRATEGIES:
@@ -87,7 +88,7 @@ def check(
                 f"the {framework.name} framework has no {strategy!r} strategy (one process "
                 "only: leave strategy=None)"
                 + _why_not(framework, strategy)
-                + _offering(strategy, "strategies", others)
+                + offering(strategy, "strategies", others)
             )
     if timeout is None:
         timeout = DEFAULT_TIMEOUT
@@ -122,5 +123,5 @@ def check_nproc(nproc: int, framework: Framework) -> None:
         raise ConfigError(
             f"the {framework.name} framework trains in one process only; drop --nproc"
             + _why_not(framework, "ddp")
-            + _offering("ddp", "strategies", others)
+            + offering("ddp", "strategies", others)
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before torch: see import_order.py)
+
+# isort: split
 from collections.abc import Mapping
 from typing import Any
 

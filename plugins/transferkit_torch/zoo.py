@@ -184,7 +184,7 @@ def missing_weights(backbone: str, file: str, cache: str, fetch: str, why: str) 
     """The error for pretrained weights that are neither cached nor downloadable."""
     return WeightsError(
         f"the pretrained weights of {backbone!r} ({file}) are not in {cache} and {why}. "
-        f"Download them where there is a network ({fetch}) and copy that cache here, or "
+        f"Download them where there is a network ({fetch}) into that cache, or "
         f"pass a local copy: tk.build({backbone!r}, weights='<file>.safetensors', ...) "
         "(the library's parameter names; the classifier's are ignored), or "
         "weights=None for a randomly initialised model"
@@ -208,7 +208,7 @@ def _timm_file(backbone: str, cfg: Any) -> tuple[bool, str, str, str]:
     if getattr(cfg, "url", None):
         file = cfg.url.rsplit("/", 1)[-1]
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        return os.path.isfile(os.path.join(cache, file)), file, cache, f"{cfg.url}, into it"
+        return os.path.isfile(os.path.join(cache, file)), file, cache, cfg.url
     raise WeightsError(
         f"{backbone!r} has no pretrained weights in timm; build it with weights=None, or "
         "pick a pretrained tag (`transferkit backbones 'timm:<model>.*'`)"
@@ -293,5 +293,5 @@ def torchvision_factory(
     weights = enum[entry] if entry else enum.DEFAULT
     file = weights.url.rsplit("/", 1)[-1]
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    where = (os.path.isfile(os.path.join(cache, file)), file, cache, f"{weights.url}, into it")
+    where = (os.path.isfile(os.path.join(cache, file)), file, cache, weights.url)
     return _fetched(f"torchvision:{source}", where, lambda: torchvision_model(arch, weights)[0])

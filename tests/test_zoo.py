@@ -75,6 +75,26 @@ def test_timm_groups_are_the_blocks_of_its_layer_decay():
     assert not vit.resizable and vit.input_shape == (224, 224, 3)
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "vit_small_patch16_224", "convnext_atto"])
+def test_layer_wise_decay_scales_each_parameter_as_timms_own(arch):
+    from timm.optim import param_groups_layer_decay
+
+    spec = tk.list_backbones(f"timm:{arch}")[0]
+    plan = tk.freeze.FullFineTune(lr_decay=0.7).plan(spec.group_names, epoch=0)
+    with torch.device("meta"):
+        model = timm.create_model(arch, num_classes=5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    classifier = model.pretrained_cfg["classifier"]
+    head_group = [] if arch != "convnext_atto" else ["head.norm.weight", "head.norm.bias"]
+    for group in param_groups_layer_decay(model, weight_decay=0.0, layer_decay=0.7):
+        for p in group["params"]:
+            name = names[id(p)]
+            ours = 1.0 if name.startswith(classifier + ".") else plan[spec.group_of(name)]
+            if name in head_group:  # timm's head holds the final norm: the last block's here
+                ours /= 0.7
+            assert ours == pytest.approx(group["lr_scale"]), name
+
+
 @pytest.mark.parametrize("name", ["timm:test_resnet", "timm:test_vit", "timm:convnext_atto"])
 def test_timm_features_are_timms_pooled_features(train, name):
     shape = None if "vit" in name else (64, 64, 3)
@@ -100,10 +120,10 @@ POLICIES = {
 }
 
 
+@pytest.mark.parametrize("name", ["timm:test_resnet", "torchvision:resnet18"])
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_timm_model_fits_under_each_policy_saves_and_reloads(train, tmp_path, policy):
-    model = tk.build("timm:test_resnet", head=tk.Classifier(5), weights=None,
-                     input_shape=(32, 32, 3), seed=0)  # fmt: skip
+def test_zoo_model_fits_under_each_policy_saves_and_reloads(train, tmp_path, policy, name):
+    model = tk.build(name, head=tk.Classifier(5), weights=None, input_shape=(32, 32, 3), seed=0)
     before = model.get_weights()
     tk.fit(model, train, freeze=POLICIES[policy], epochs=2, lr=1e-2, batch_size=10, seed=0,
            verbose=0)  # fmt: skip
@@ -118,7 +138,7 @@ def test_timm_model_fits_under_each_policy_saves_and_reloads(train, tmp_path, po
     assert moved == expected
     model.save(tmp_path / "m")
     again = tk.load(tmp_path / "m")
-    assert again.spec.name == "timm:test_resnet"
+    assert again.spec.name == name
     np.testing.assert_allclose(again.predict(train.x[:6]), model.predict(train.x[:6]), atol=1e-6)
 
 
@@ -150,7 +170,10 @@ def test_lora_on_zoo_models(train, tmp_path, name, shape, adapts):
     weights = model.get_weights()
     lora_b = [k for k in weights if ".lora_B." in k]
     assert len(lora_b) == adapted and any(np.abs(weights[k]).max() > 0 for k in lora_b)
-    assert all(np.array_equal(weights[k], v) for k, v in frozen.items() if k in weights)
+    base = {k.replace(".base_layer.", "."): v for k, v in weights.items()}  # peft's wrapping
+    assert set(frozen) <= set(base)
+    for k, v in frozen.items():  # the backbone's own weights stay as they were
+        np.testing.assert_array_equal(base[k], v)
     expected = model.predict(train.x[:4])
     model.save(tmp_path / "m")
     np.testing.assert_allclose(tk.load(tmp_path / "m").predict(train.x[:4]), expected, atol=1e-6)
@@ -222,12 +245,15 @@ def test_missing_pretrained_weights_name_the_file_the_cache_and_a_local_copy(mon
 
 
 def test_unknown_names_and_versions_that_lack_a_model():
-    with pytest.raises(errors.UnknownBackboneError, match="timm:convnext_tiny"):
-        tk.build("timm:convnext_tinyy", head=tk.Classifier(5))
-    with pytest.raises(errors.UnknownBackboneError, match="timm:resnet50.a1_in1k"):
-        tk.build("timm:resnet50.a1_in1kk", head=tk.Classifier(5))
-    with pytest.raises(errors.UnknownBackboneError, match="torchvision:resnet50"):
-        tk.build("torchvision:resnet500", head=tk.Classifier(5))
+    for typo, meant in [
+        ("timm:convnext_tinyy", "timm:convnext_tiny"),
+        ("timm:resnet50.a1_in1kk", "timm:resnet50.a1_in1k"),
+        ("torchvision:resnet500", "torchvision:resnet50"),
+        ("torchvision:fasterrcnn_resnet50_fpn", None),  # a detection model: not offered
+    ]:
+        with pytest.raises(errors.UnknownBackboneError) as e:
+            tk.build(typo, head=tk.Classifier(5))
+        assert meant is None or meant in e.value.suggestions
     # a name the index has but the installed library lacks (an older timm, say)
     with pytest.raises(errors.ConfigError, match=r"timm .* has no model 'resnet9000' \(closest"):
         zoo.timm_factory((224, 224, 3), "resnet9000", pretrained=False)
@@ -239,14 +265,46 @@ def test_unknown_names_and_versions_that_lack_a_model():
         tk.build("timm:vit_small_patch16_224", head=tk.Classifier(5), input_shape=(64, 64, 3))
 
 
-def test_a_model_the_index_lacks_is_described_by_the_installed_library(monkeypatch):
-    monkeypatch.setattr(zoo, "index", lambda: {})
-    from transferkit.plugins import registry
+@pytest.fixture
+def index_of(monkeypatch):
+    """Registers the zoos from another index for the test."""
+    from transferkit import plugins
 
-    spec = registry().framework("timm").resolve("test_convnext")
+    def use(index: dict) -> None:
+        monkeypatch.setattr(zoo, "index", lambda: index)
+        zoo.indexed.cache_clear()
+        plugins.reload()
+
+    yield use
+    monkeypatch.undo()
+    zoo.indexed.cache_clear()
+    plugins.reload()
+
+
+def test_a_model_the_index_lacks_is_described_by_the_installed_library(index_of, train):
+    index_of({})
+    assert not tk.list_backbones("timm:*")
+    model = tk.build("timm:test_convnext", head=tk.Classifier(5), weights=None,
+                     input_shape=(32, 32, 3))  # fmt: skip
     native = zoo_index.timm_model("test_convnext")
-    assert spec.name == "timm:test_convnext" and spec.feature_size == native.num_features
-    assert spec.input_shape == (160, 160, 3)
+    assert model.spec.feature_size == native.num_features
+    assert model.features(train.x[:2]).shape == (2, native.num_features)
+
+
+def test_another_installed_version_describes_each_model_again(index_of):
+    stale = json.loads(json.dumps(zoo.index()["timm"]))
+    stale["version"] = "0.9"
+    stale["archs"]["test_resnet"]["features"] = 7  # what an old timm might have said
+    stale["models"]["resnet9000"] = dict(stale["models"]["resnet18"], arch="resnet18")
+    index_of({"timm": stale})
+    assert tk.list_backbones("timm:test_resnet")[0].feature_size == 7  # as indexed
+    model = tk.build("timm:test_resnet", head=tk.Classifier(5), weights=None,
+                     input_shape=(32, 32, 3))  # fmt: skip
+    assert model.spec.feature_size == 96 and model.engine.spec.feature_size == 96
+    with pytest.raises(errors.ConfigError, match=r"timm 1\S* cannot build 'timm:resnet9000' "
+                       r"\(.*\); transferkit's index lists it for timm 0.9. Closest: "
+                       r".*resnet"):  # fmt: skip
+        tk.build("timm:resnet9000", head=tk.Classifier(5), weights=None)
 
 
 def test_vision_tag_lists_the_zoos():

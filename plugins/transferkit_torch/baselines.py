@@ -2,9 +2,6 @@
 
 The baselines are what a PyTorch user writes for the same model and data: transferkit's
 own ``nn.Module`` (backbone + head, ``model.native``) deep-copied, so both sides start
-from . import import_order  # noqa: F401  (before torch: see import_order.py)
-
-# isort: split
 from the same weights; the data converted once up front (one NCHW tensor); then a plain
 loop: forward, ``F.cross_entropy``, ``zero_grad``, ``backward``,
 ``torch.optim.Adam.step``. The Hugging Face adapter reuses them with tokenised text.
@@ -13,6 +10,9 @@ Each class is a :class:`transferkit.framework.Baseline` factory.
 
 from __future__ import annotations
 
+from . import import_order  # noqa: F401  (before torch: see import_order.py)
+
+# isort: split
 import copy
 from typing import Any
 

@@ -67,7 +67,7 @@ def spec(
         smallest = arch.get("stride", 32)
     else:
         description = _TV_DESCRIPTION.format(**model, module=arch["module"])
-        ignore = (arch["classifier"],)
+        ignore = (arch["classifier"], "aux1", "aux2", "AuxLogits")  # GoogLeNet's, Inception's
         smallest = max(32, *model.get("min_size", (1,)))
     return BackboneSpec(
         name=f"{library}:{name}",
@@ -122,15 +122,32 @@ class ZooFramework(TorchFramework):
     def describe(self, name: str) -> BackboneSpec:
         raise NotImplementedError
 
-    def current(self, spec: BackboneSpec) -> BackboneSpec:
-        """``spec``, described again where the installed library is not the indexed one."""
-        if index().get(self.library, {}).get("version") == _installed(self.library):
-            return spec
-        fresh = self.describe(spec.options["source"])
-        return replace(fresh, input_shape=spec.input_shape)
+    def indexed_here(self) -> bool:
+        """Whether the index describes the installed version (local builds, ``+cpu``,
+        are the same release)."""
+        indexed = index().get(self.library, {}).get("version")
+        return indexed is not None and indexed == (_installed(self.library) or "").split("+")[0]
 
-    def build(self, spec, head, input_shape, seed=0, **options):
-        return super().build(self.current(spec), head, input_shape, seed, **options)
+    def specialise(self, spec, input_shape):
+        """The indexed spec, or where another version of the library is installed, the
+        model described again by it (so the head, groups and LoRA targets fit what it
+        builds), or an error naming what that version has instead."""
+        if self.indexed_here():
+            return spec
+        self.ensure_installed()
+        try:
+            fresh = self.describe(spec.options["source"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ConfigError(
+                f"{self.library} {_installed(self.library)} cannot build {spec.name!r} "
+                f"({str(e)[:200]}); transferkit's index lists it for {self.library} "
+                f"{index()[self.library]['version']}. {self.hint(spec.options['source'])}"
+            ) from None
+        return replace(fresh, input_shape=input_shape)
+
+    def hint(self, name: str) -> str:
+        """What the installed library has that is close to ``name``."""
+        raise NotImplementedError
 
 
 class TimmFramework(ZooFramework):
@@ -148,6 +165,11 @@ class TimmFramework(ZooFramework):
         model = timm_weights(name)
         return spec("timm", name, model, timm_arch(model["arch"]))
 
+    def hint(self, name):
+        from .zoo_index import timm_names
+
+        return f"Closest: {_closest(name, timm_names())}"
+
 
 class TorchvisionFramework(ZooFramework):
     """torchvision's classification models on the PyTorch adapter:
@@ -164,20 +186,25 @@ class TorchvisionFramework(ZooFramework):
         model = torchvision_weights(name)
         return spec("torchvision", name, model, torchvision_arch(model["arch"]))
 
+    def hint(self, name):
+        from .zoo_index import torchvision_names
+
+        return f"Closest: {_closest(name, torchvision_names())}"
+
 
 # --- factories (import torch and the library) -------------------------------------------
 def _closest(name: str, names: list[str]) -> str:
     import difflib
 
-    hits = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    return f" (closest: {', '.join(hits)})" if hits else ""
+    return ", ".join(difflib.get_close_matches(name, names, n=3, cutoff=0.5)) or "none"
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
-        for v in ("HF_HUB_OFFLINE", "TRANSFERKIT_OFFLINE")
-    )
+def _offline() -> str | None:
+    """The variable that says this process is offline, if one is set."""
+    for v in ("HF_HUB_OFFLINE", "TRANSFERKIT_OFFLINE"):
+        if os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}:
+            return v
+    return None
 
 
 def missing_weights(backbone: str, file: str, cache: str, fetch: str, why: str) -> WeightsError:
@@ -201,10 +228,11 @@ def _timm_file(backbone: str, cfg: Any) -> tuple[bool, str, str, str]:
         from huggingface_hub import try_to_load_from_cache
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        named = getattr(cfg, "hf_hub_filename", None)
+        names = (named,) if named else ("model.safetensors", "pytorch_model.bin")
         cached = any(isinstance(try_to_load_from_cache(hub, n), str) for n in names)
-        file = f"model.safetensors of the Hugging Face repo {hub}"
-        return cached, file, str(HF_HUB_CACHE), f"hf download {hub} model.safetensors"
+        file = f"{names[0]} of the Hugging Face repo {hub}"
+        return cached, file, str(HF_HUB_CACHE), f"hf download {hub} {names[0]}"
     if getattr(cfg, "url", None):
         file = cfg.url.rsplit("/", 1)[-1]
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -220,7 +248,7 @@ def _fetched(backbone: str, where: tuple[bool, str, str, str], create) -> Any:
     weights that are not cached and cannot be downloaded are a :class:`WeightsError`."""
     cached, file, cache, fetch = where
     if not cached and _offline():
-        raise missing_weights(backbone, file, cache, fetch, "HF_HUB_OFFLINE is set")
+        raise missing_weights(backbone, file, cache, fetch, f"{_offline()} is set")
     try:
         return create()
     except (ConfigError, TypeError, ValueError):
@@ -242,8 +270,8 @@ def timm_factory(
     arch, tag = split_model_name_tag(source)
     if not timm.is_model(arch):
         raise ConfigError(
-            f"timm {timm.__version__} has no model {arch!r}"
-            f"{_closest(arch, timm.list_models())}; a newer timm may: pip install -U timm"
+            f"timm {timm.__version__} has no model {arch!r} (closest: "
+            f"{_closest(arch, timm.list_models())}); a newer timm may: pip install -U timm"
         )
     try:
         cfg = get_pretrained_cfg(source)
@@ -279,8 +307,8 @@ def torchvision_factory(
     if arch not in models.list_models(module=models):
         names = models.list_models(module=models)
         raise ConfigError(
-            f"torchvision {_installed('torchvision')} has no classification model {arch!r}"
-            f"{_closest(arch, names)}; a newer torchvision may"
+            f"torchvision {_installed('torchvision')} has no classification model {arch!r} "
+            f"(closest: {_closest(arch, names)}); a newer torchvision may"
         )
     enum = models.get_model_weights(arch)
     if entry and entry not in enum.__members__:

@@ -148,17 +148,43 @@ def timm_model(name: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
 
 
-def timm_arch(arch: str) -> dict[str, Any]:
-    """One timm architecture: feature size, groups, BatchNorm, LoRA targets, strides."""
+def _timm_order(model: nn.Module, classifier: list[str]) -> list[list[str]]:
+    """Parameter names by timm's layer id (``group_matcher(coarse=False)``: the blocks of
+    its layer-wise learning-rate decay), on the model with its classifier. The classifier
+    is the new head's; what timm groups with it (ConvNeXt's ``head.norm``, say) joins the
+    last block, so each block keeps timm's depth below the head."""
     from timm.models import group_parameters
 
-    model = _on_meta(lambda: timm_model(arch))
+    by_id = group_parameters(model, model.group_matcher(coarse=False))
+    ordered = [by_id[k] for k in sorted(by_id)]
+    owned = lambda n: any(n.startswith(c + ".") for c in classifier)
+    for i, names in enumerate(ordered):
+        if any(owned(n) for n in names):
+            rest = [n for n in names if not owned(n)]
+            ordered[i] = []
+            if rest:
+                ordered[max(i - 1, 0)] += rest
+    return [g for g in ordered if g]
+
+
+def timm_arch(arch: str) -> dict[str, Any]:
+    """One timm architecture: feature size, groups, BatchNorm, LoRA targets, strides."""
+    import timm
+
+    model = _on_meta(lambda: timm.create_model(arch, pretrained=False))
     cfg = model.pretrained_cfg
+    classifier = cfg.get("classifier") or "head"
+    classifier = [classifier] if isinstance(classifier, str) else list(classifier)
+    ordered = _timm_order(model, classifier) if hasattr(model, "group_matcher") else None
+    try:
+        model.reset_classifier(0)  # as create_model(..., num_classes=0)
+    except (AttributeError, TypeError, NotImplementedError):
+        model = _on_meta(lambda: timm_model(arch))
     size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
     fallback = getattr(model, "head_hidden_size", None) or model.num_features
-    if hasattr(model, "group_matcher"):
-        by_id = group_parameters(model, model.group_matcher(coarse=False))
-        ordered = [by_id[k] for k in sorted(by_id)]
+    present = {n for n, _ in model.named_parameters()}
+    if ordered is not None:
+        ordered = [[n for n in g if n in present] for g in ordered]
     else:
         ordered = _torchvision_order(model)
     info = getattr(model, "feature_info", None) or [{}]
@@ -237,6 +263,8 @@ def torchvision_model(
     if name.startswith("vit_") and weights is None and image_size is not None:
         kwargs["image_size"] = image_size
     model = models.get_model(name, weights=weights, **kwargs)
+    if getattr(model, "AuxLogits", None) is not None:  # Inception v3 keeps it when pretrained
+        model.aux_logits, model.AuxLogits = False, None
     classes = len(weights.meta["categories"]) if weights is not None else 1000
     return model, *_strip_classifier(model, classes)
 
@@ -294,6 +322,8 @@ def torchvision_weights(name: str) -> dict[str, Any]:
     from torchvision import models
 
     arch, _, entry = name.partition(".")
+    if arch not in models.list_models(module=models):  # detection, video, ...: not offered
+        raise KeyError(f"torchvision has no classification model {arch!r}")
     enum = models.get_model_weights(arch)
     weights = enum[entry] if entry else enum.DEFAULT
     t = weights.transforms()

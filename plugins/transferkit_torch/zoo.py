@@ -120,7 +120,12 @@ class ZooFramework(TorchFramework):
             return None
 
     def describe(self, name: str) -> BackboneSpec:
-        raise NotImplementedError
+        """``name`` as the installed library says it is (imports it)."""
+        from . import zoo_index
+
+        model = getattr(zoo_index, f"{self.library}_weights")(name)
+        arch = getattr(zoo_index, f"{self.library}_arch")(model["arch"])
+        return spec(self.library, name, model, arch)
 
     def indexed_here(self) -> bool:
         """Whether the index describes the installed version (local builds, ``+cpu``,
@@ -147,7 +152,9 @@ class ZooFramework(TorchFramework):
 
     def hint(self, name: str) -> str:
         """What the installed library has that is close to ``name``."""
-        raise NotImplementedError
+        from . import zoo_index
+
+        return f"Closest: {_closest(name, getattr(zoo_index, f'{self.library}_names')())}"
 
 
 class TimmFramework(ZooFramework):
@@ -159,17 +166,6 @@ class TimmFramework(ZooFramework):
     requires = ("timm", "torch")
     description = "timm (PyTorch Image Models), through the PyTorch adapter"
 
-    def describe(self, name):
-        from .zoo_index import timm_arch, timm_weights
-
-        model = timm_weights(name)
-        return spec("timm", name, model, timm_arch(model["arch"]))
-
-    def hint(self, name):
-        from .zoo_index import timm_names
-
-        return f"Closest: {_closest(name, timm_names())}"
-
 
 class TorchvisionFramework(ZooFramework):
     """torchvision's classification models on the PyTorch adapter:
@@ -179,17 +175,6 @@ class TorchvisionFramework(ZooFramework):
     library = "torchvision"
     requires = ("torchvision", "torch")
     description = "torchvision.models classification models, through the PyTorch adapter"
-
-    def describe(self, name):
-        from .zoo_index import torchvision_arch, torchvision_weights
-
-        model = torchvision_weights(name)
-        return spec("torchvision", name, model, torchvision_arch(model["arch"]))
-
-    def hint(self, name):
-        from .zoo_index import torchvision_names
-
-        return f"Closest: {_closest(name, torchvision_names())}"
 
 
 # --- factories (import torch and the library) -------------------------------------------

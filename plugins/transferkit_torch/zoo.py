@@ -33,8 +33,6 @@ from transferkit.errors import ConfigError, WeightsError
 from . import TorchFramework
 
 INDEX = Path(__file__).with_name("zoo_index.json")
-#: how a torchvision weights entry is written after the model's name
-_TV_DESCRIPTION = "torchvision {arch} ({module}), weights {tag}"
 
 
 @functools.cache
@@ -66,7 +64,7 @@ def spec(
         ignore = tuple(model["classifier"])
         smallest = arch.get("stride", 32)
     else:
-        description = _TV_DESCRIPTION.format(**model, module=arch["module"])
+        description = f"torchvision {model['arch']} ({arch['module']}), weights {model['tag']}"
         ignore = (arch["classifier"], "aux1", "aux2", "AuxLogits")  # GoogLeNet's, Inception's
         smallest = max(32, *model.get("min_size", (1,)))
     return BackboneSpec(

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-INDEX = Path(__file__).with_name("zoo_index.json")
+from .zoo import INDEX
+
 #: attention projections (LoRA's default for transformers): fused, then separate
 _ATTENTION = (("qkv",), ("to_qkv",), ("q", "v"), ("q_proj", "v_proj"), ("query", "value"))
 #: where torchvision models keep their sequence of stages or blocks
@@ -31,7 +32,8 @@ _TRUNKS = ("features", "layers", "trunk_output", "blocks", "encoder.layers")
 
 def _prefixes(names: list[str], everything: Iterable[str]) -> list[str]:
     """The fewest module prefixes that own exactly ``names`` among ``everything``."""
-    mine, others = set(names), [n for n in everything if n not in set(names)]
+    mine = set(names)
+    others = [n for n in everything if n not in mine]
     out: list[str] = []
     for name in names:
         if any(name == p or name.startswith(p + ".") for p in out):
@@ -42,7 +44,6 @@ def _prefixes(names: list[str], everything: Iterable[str]) -> list[str]:
             if not any(o == p or o.startswith(p + ".") for o in others):
                 out.append(p)
                 break
-    assert all(n in mine for n in names)
     return out
 
 

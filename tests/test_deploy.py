@@ -137,14 +137,15 @@ def test_an_export_that_differs_is_not_kept(saved, tmp_path, monkeypatch):
     fw = type(registry().framework(owner))
     real = fw.run_exported
     target = tmp_path / "m.pt2"
-    target.write_bytes(b"an older export")
+    model.export(target, format="torch-export")  # an older export, replaced only if good
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["m.pt2", "m.pt2.json"]
     monkeypatch.setattr(
         fw, "run_exported", lambda self, p, f, x, s=None: real(self, p, f, x, s) + 0.01
     )
     with pytest.raises(tk_export.ExportError, match="differ .* by up to 0.01"):
         model.export(target, format="torch-export")
-    assert target.read_bytes() == b"an older export"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     monkeypatch.setattr(fw, "run_exported", real)
     path = model.export(tmp_path / "m", format="torch-export")  # the suffix is added
     assert path == target

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ModelDirError
+from .errors import ModelDirError, OverwriteError
 
 NEW, OLD = "tk-new", "tk-old"
 
@@ -119,15 +119,20 @@ def write_dir(
     that is not ours). Any ``OSError`` becomes a :class:`ModelDirError` naming the path;
     the previous ``target`` survives every failure."""
     target = Path(target)
+    if target.is_symlink():
+        raise OverwriteError(
+            f"cannot write the {what} {str(target)!r}: it is a symbolic link, and transferkit "
+            "does not write through links; choose another path"
+        )
     if target.parent.exists() and not target.parent.is_dir():
         raise ModelDirError(
             f"cannot write the {what} {str(target)!r}: {str(target.parent)!r} is a file, not a "
             "directory; choose another path"
         )
     if target.is_file() or (target.exists() and not target.is_dir()):
-        raise ModelDirError(
-            f"cannot write the {what} {str(target)!r}: a file of that name exists; remove it or "
-            "choose another path"
+        raise OverwriteError(
+            f"cannot write the {what} {str(target)!r}: a file of that name exists, and "
+            "transferkit does not replace it; move it away or choose another path"
         )
     recover(target, marker)
     if check_target is not None:

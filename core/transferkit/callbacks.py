@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import metrics, validate
+from . import metrics, owned, validate
 from .errors import ConfigError
 from .progress import Progress
 
@@ -83,14 +83,14 @@ class History(Callback):
         return history[key]
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.epochs, indent=2))
+        owned.write_text(path, json.dumps(self.epochs, indent=2), "history")
 
     def to_csv(self, path: str | Path) -> None:
         keys = list(self.history)
         lines = [",".join(keys)] + [
             ",".join("" if e.get(k) is None else str(e.get(k)) for k in keys) for e in self.epochs
         ]
-        Path(path).write_text("\n".join(lines) + "\n")
+        owned.write_text(path, "\n".join(lines) + "\n", "history")
 
 
 class EarlyStopping(Callback):

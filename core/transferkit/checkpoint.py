@@ -9,12 +9,33 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
+from . import atomic, owned
 from . import weights as wio
-from .errors import ModelDirError, WeightsError
+from .errors import ModelDirError, OverwriteError, WeightsError
 
 STATE_FILE = "state.json"
 ANCHORS_FILE = "anchors.safetensors"
+#: ``state.json``'s proof that transferkit wrote the checkpoint
+FORMAT = "transferkit-checkpoint"
+#: everything a checkpoint holds
+FILES = (STATE_FILE, "weights.safetensors", "optimizer.safetensors", ANCHORS_FILE)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Proof that transferkit wrote the directory: a regular ``state.json`` with the
+    checkpoint's ``format`` field (or, written before that field, all of its own keys)
+    beside the weights file."""
+    state = path / STATE_FILE
+    try:
+        if state.is_symlink() or not state.is_file() or state.stat().st_size > 64 << 20:
+            return False
+        doc = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    legacy = "format" not in doc and {"epoch", "step", "rng", "history"} <= set(doc)
+    return (doc.get("format") == FORMAT or legacy) and (path / "weights.safetensors").is_file()
 
 
 @dataclass
@@ -32,13 +53,31 @@ class TrainState:
 
     @staticmethod
     def check_target(path: Path) -> None:
-        """Refuse to overwrite a directory that is not a training checkpoint."""
-        if path.exists() and (
-            not path.is_dir() or (any(path.iterdir()) and not (path / "state.json").is_file())
-        ):
-            raise ModelDirError(
-                f"checkpoint_dir {str(path)!r} exists and is not a training checkpoint "
-                "(a saved model, say); choose another directory"
+        """What a checkpoint may replace: nothing (a new or empty directory), or a
+        transferkit checkpoint holding only a checkpoint's files; anything else is refused."""
+        if path.is_symlink():
+            raise OverwriteError(
+                f"checkpoint_dir {str(path)!r} is a symbolic link; transferkit does not write "
+                "through links: choose another directory"
+            )
+        if path.exists() and not path.is_dir():
+            raise OverwriteError(
+                f"checkpoint_dir {str(path)!r} is a file; choose a directory for the checkpoint"
+            )
+        if not path.is_dir() or not any(path.iterdir()):
+            return
+        if not is_checkpoint(path):
+            raise OverwriteError(
+                f"checkpoint_dir {str(path)!r} exists and is not a transferkit training "
+                "checkpoint (a saved model or a user's directory, say); choose another directory"
+            )
+        extra = owned.only(path, FILES)
+        if extra:
+            raise OverwriteError(
+                f"checkpoint_dir {str(path)!r} is a training checkpoint, but it also holds "
+                f"{', '.join(map(repr, extra[:5]))}{' ...' if len(extra) > 5 else ''}, which "
+                "no checkpoint wrote; writing would lose them: move them out or choose another "
+                "directory"
             )
 
     def save(self, path: str | Path) -> None:
@@ -53,6 +92,7 @@ class TrainState:
             if self.anchors:
                 wio.save(self.anchors, tmp / ANCHORS_FILE)
             meta = {
+                "format": FORMAT,
                 "epoch": self.epoch,
                 "step": self.step,
                 "rng": self.rng,

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from . import owned
 from .errors import ConfigError, EmptyDataError, ModelDirError
 
 OUT_SUFFIXES = (".csv", ".jsonl")
@@ -99,16 +100,16 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out!r}: write predictions to a .csv or .jsonl file")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {args.out!r}: the directory {str(out.parent)!r} does not exist")
+    if out is not None:
+        owned.check_file(out, "predictions")  # before any work: a user's file is refused
     source = open_source(args.data, args.text_column)  # the data first: fast to fail
     model = _model(args.model, args.framework)
     _check_kind(model, source.kind)
     size = tuple(model.input_shape[:2]) if model.spec.input_kind == "image" else None
     failed: dict[str, str] = {}
-    done, t0, shown = 0, time.monotonic(), 0.0
-    # written beside --out and renamed at the end: a failed run leaves any old file whole
-    tmp_out = out.with_name(f".{out.name}.tmp") if out else None
-    stream = tmp_out.open("w", newline="", encoding="utf-8") if tmp_out else sys.stdout
-    try:
+
+    def run(stream: TextIO) -> None:
+        done, t0, shown = 0, time.monotonic(), 0.0
         writer = _Writer(stream, out.suffix.lower() if out else ".csv")
         for batch in source.batches(batch_size, size):
             failed.update(batch.failed)
@@ -122,27 +123,26 @@ def _predict(args: argparse.Namespace) -> int:
                 rate = done / max(now - t0, 1e-9)
                 print(f"\rpredict: {done}/{len(source)} ({rate:.0f}/s)", end="", file=sys.stderr)
                 shown = now
-    except BaseException:
-        if tmp_out:
-            stream.close()
-            tmp_out.unlink(missing_ok=True)
-        raise
-    if tmp_out:
-        stream.close()
-    if len(source) > batch_size:
-        print(file=sys.stderr)
-    if failed:
-        n = len(source)
-        print(f"{len(failed)} of {n} inputs could not be read (skipped):", file=sys.stderr)
-        for i, why in failed.items():
-            print(f"  {i}: {why}", file=sys.stderr)
-    if len(failed) == len(source):
-        if tmp_out:
-            tmp_out.unlink(missing_ok=True)
-        raise EmptyDataError("no input could be read; nothing was predicted")
-    if out:
-        tmp_out.replace(out)
-        print(f"{len(source) - len(failed)} predictions in {out}", file=sys.stderr)
+        if len(source) > batch_size:
+            print(file=sys.stderr)
+        if failed:
+            n = len(source)
+            print(f"{len(failed)} of {n} inputs could not be read (skipped):", file=sys.stderr)
+            for i, why in failed.items():
+                print(f"  {i}: {why}", file=sys.stderr)
+        if len(failed) == len(source):
+            raise EmptyDataError("no input could be read; nothing was predicted")
+
+    def fill(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as stream:
+            run(stream)
+
+    if out is None:
+        run(sys.stdout)
+        return 0
+    # written beside --out and renamed at the end: a failed run leaves any old file whole
+    owned.write_file(out, fill, "predictions")
+    print(f"{len(source) - len(failed)} predictions in {out}", file=sys.stderr)
     return 0
 
 

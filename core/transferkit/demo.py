@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import datasets
+from . import datasets, owned
 from .builder import build
 from .data import Dataset
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune
@@ -250,8 +250,8 @@ def _report(result: dict[str, Any], t_start: float, stem: Path, stream: TextIO) 
         )
     print("\n" + text, file=stream)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(text + "\n")
+    owned.write_text(stem.with_suffix(".json"), json.dumps(result, indent=2), "demo result")
+    owned.write_text(stem.with_suffix(".md"), text + "\n", "demo report")
     plot(rows, shots, stem.with_suffix(".png"))
     print(
         f"\nwrote {stem.with_suffix('.md')}, {stem.with_suffix('.png')} ({result['seconds']:.0f}s)",
@@ -324,5 +324,5 @@ def plot(rows: list[dict[str, Any]], shots: Sequence[int], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    owned.save_figure(fig, path, "demo plot", dpi=110)
     plt.close(fig)

@@ -74,6 +74,20 @@ class ModelDirError(TransferkitError):
     """A saved-model directory that is missing, incomplete or corrupt."""
 
 
+class OverwriteError(ModelDirError, ConfigError):
+    """A path transferkit was asked to write holds something it cannot prove it wrote (a
+    user's file or directory, another library's model, a symbolic link): refused, never
+    replaced or deleted."""
+
+
+class ExportError(TransferkitError):
+    """An export that could not be written, or whose outputs differ from the model's."""
+
+
+class CacheError(TransferkitError):
+    """A feature cache directory that cannot be used (not writable, disk full)."""
+
+
 class TrainingError(TransferkitError):
     """Training that cannot go on (for example a loss that became NaN)."""
 

@@ -14,25 +14,30 @@ names and the measured difference.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import validate
-from .errors import ConfigError, FrameworkNotInstalledError, TransferkitError
+from . import owned, validate
+from .errors import (
+    ConfigError,
+    ExportError,
+    FrameworkNotInstalledError,
+    OverwriteError,
+    TransferkitError,
+)
 from .formats import ExportFormat, Serving
 from .heads import Classifier
 from .plugins import registry
 
 #: inputs the check after writing runs (a batch size the export was not traced with)
 CHECK_BATCH = 3
-
-
-class ExportError(TransferkitError):
-    """An export that could not be written, or whose outputs differ from the model's."""
 
 
 def owners() -> dict[str, list[tuple[str, ExportFormat]]]:
@@ -169,10 +174,105 @@ def tokenizer_path(path: Path) -> Path:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    """Remove one of this export's own temporaries (never a path the user named)."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
+    elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def sidecar(path: Path) -> Path:
+    """The export's description beside it: ``<path>.json``."""
+    return path.parent / f"{path.name}.json"
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 of the export's bytes (a directory format: of its files, by name)."""
+    try:
+        if path.is_symlink():
+            return None
+        if path.is_file():
+            return owned.digest(path)
+        if path.is_dir():
+            h = hashlib.sha256()
+            for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+                h.update(f"{f.relative_to(path)}\0{owned.digest(f)}\0".encode())
+            return h.hexdigest()
+    except OSError:
+        return None
+    return None
+
+
+def _previous(path: Path, directory: bool) -> dict[str, Any] | None:
+    """The sidecar of an earlier export at ``path`` that transferkit provably wrote, or
+    None. The proof: the sidecar names the file and records the SHA-256 of its bytes, and
+    the file still has them (a user's JSON does not hold the digest of the file beside
+    it; an export changed since is no longer transferkit's to replace)."""
+    side = sidecar(path)
+    try:
+        if side.is_symlink() or not side.is_file() or side.stat().st_size > 1 << 20:
+            return None
+        doc = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("file") != path.name:
+        return None
+    if directory != path.is_dir() or doc.get("sha256") is None:
+        return None
+    return doc if doc["sha256"] == _digest(path) else None
+
+
+def check_target(path: Path, fmt: ExportFormat) -> dict[str, Any] | None:
+    """What an export may replace: an earlier transferkit export at the same path (the
+    file, its sidecar ``<path>.json`` and a text model's ``<path>.tokenizer``). A user's
+    file or directory at any of those, or a symbolic link, is refused before any work.
+    Returns the earlier export's sidecar, if there is one."""
+    directory = not fmt.suffix
+    side = sidecar(path)
+    previous = _previous(path, directory) if path.exists() else None
+    if side.is_symlink() or side.is_dir() or (side.exists() and previous is None):
+        raise OverwriteError(
+            f"{str(side)!r} exists and is not the sidecar of a transferkit export at "
+            f"{str(path)!r}; the export writes its description there: move it away or choose "
+            "another path"
+        )
+    if path.is_symlink():
+        raise OverwriteError(
+            f"{str(path)!r} is a symbolic link; transferkit does not export through links: "
+            "choose another path"
+        )
+    if path.exists() and previous is None and not (directory and _empty_dir(path)):
+        kind = "a directory" if path.is_dir() else "a file"
+        raise OverwriteError(
+            f"{str(path)!r} is {kind} that no transferkit export wrote (or it was changed "
+            "since); refusing to replace it: move it away or choose another path"
+        )
+    tok = tokenizer_path(path)
+    ours_tok = previous is not None and (previous.get("input") or {}).get("tokenizer") == tok.name
+    if (tok.exists() or tok.is_symlink()) and not (ours_tok and tok.is_dir()):
+        raise OverwriteError(
+            f"{str(tok)!r} exists and no transferkit export wrote it; a text model's export "
+            "keeps its tokenizer there: move it away or choose another path"
+        )
+    return previous
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    """Put the written ``tmp`` at ``path`` (checked to be free or an earlier export)."""
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.tk-old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 def export(model: Any, path: str | Path, format: str) -> Path:
@@ -180,7 +280,8 @@ def export(model: Any, path: str | Path, format: str) -> Path:
 
     ``path`` is the file (``model.onnx``) or, for a directory format (``savedmodel``),
     the directory. Returns ``path``; the sidecar ``<path>.json`` says what the export
-    takes and returns."""
+    takes and returns. Only an earlier export that transferkit wrote at the same path
+    is replaced (:func:`check_target`)."""
     validate.string("export(format)", format)
     if not isinstance(path, (str, Path)) or not str(path):
         raise ConfigError(f"export() needs a file or directory path, got {path!r:.60}")
@@ -188,21 +289,21 @@ def export(model: Any, path: str | Path, format: str) -> Path:
     path = Path(path)
     if fmt.suffix and path.suffix != fmt.suffix:
         path = path.with_name(path.name + fmt.suffix)
-    ours = (path.parent / f"{path.name}.json").is_file()
-    if path.is_dir() and not fmt.suffix and any(path.iterdir()) and not ours:
-        raise ConfigError(
-            f"{str(path)!r} is a directory with files that no transferkit export wrote; "
-            "choose another path"
-        )
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OverwriteError(f"cannot export to {str(path)!r}: {str(path.parent)!r} is a file")
+    check_target(path, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = serving(model)
-    tmp = path.with_name(f".{path.name}.tmp-export")
+    tmp = path.with_name(f".{path.name}.tk-export-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     text = spec.input_kind == "text"
-    _remove(tmp)
-    _remove(tokenizer_path(tmp))
     x = check_inputs(model)
     expected = model.predict(x)  # transferkit's own, in the model's own framework
     fw = registry().framework(owner)
+
+    def discard() -> None:
+        _remove(tmp)
+        _remove(tokenizer_path(tmp))
+
     try:
         realised = realise(model, owner)
         if text:
@@ -210,12 +311,12 @@ def export(model: Any, path: str | Path, format: str) -> Path:
         fw.export(realised, tmp, format, spec)
         got = np.asarray(fw.run_exported(tmp, format, x, spec), dtype=np.float64)
     except TransferkitError:
-        _remove(tmp)
-        _remove(tokenizer_path(tmp))
+        discard()
         raise
-    except Exception as e:  # the framework's own error, named as the export's
-        _remove(tmp)
-        _remove(tokenizer_path(tmp))
+    except BaseException as e:  # the framework's own error, named as the export's
+        discard()
+        if not isinstance(e, Exception):
+            raise
         raise ExportError(
             f"exporting {model.spec.name!r} to {format!r} through {owner} failed: "
             f"{type(e).__name__}: {str(e)[:500]}"
@@ -224,18 +325,23 @@ def export(model: Any, path: str | Path, format: str) -> Path:
     # relative to the outputs' scale where it exceeds 1 (a regressor's values, say)
     allowed = fmt.tolerance * max(1.0, float(np.max(np.abs(expected))))
     if not diff <= allowed:
-        _remove(tmp)
-        _remove(tokenizer_path(tmp))
+        discard()
         raise ExportError(
             f"the {format!r} export of {model.spec.name!r} does not compute what the model "
             f"does: outputs of shape {got.shape} differ from transferkit's {expected.shape} by "
             f"up to {diff:.3g} (tolerance {allowed:.3g}); nothing was written"
         )
-    _remove(path)
-    tmp.rename(path)
-    if text:
-        _remove(tokenizer_path(path))
-        tokenizer_path(tmp).rename(tokenizer_path(path))
+    try:
+        check_target(path, fmt)  # nothing of the user's appeared there meanwhile
+        _swap(tmp, path)
+        if text:
+            _swap(tokenizer_path(tmp), tokenizer_path(path))
+    except OSError as e:
+        discard()
+        raise ExportError(f"cannot write the export {str(path)!r}: {e.strerror or e}") from None
+    except BaseException:
+        discard()
+        raise
     meta = {
         "format": format,
         "file": path.name,
@@ -256,7 +362,14 @@ def export(model: Any, path: str | Path, format: str) -> Path:
         "classes": model.classes,
         "check": {"inputs": CHECK_BATCH, "max_abs_diff": diff, "tolerance": allowed},
     }
-    (path.parent / f"{path.name}.json").write_text(json.dumps(meta, indent=2))
+    meta["sha256"] = _digest(path)  # the proof that transferkit wrote it
+    tmp_side = sidecar(tmp)
+    try:
+        tmp_side.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        os.replace(tmp_side, sidecar(path))
+    except OSError as e:
+        tmp_side.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {str(sidecar(path))!r}: {e.strerror or e}") from None
     return path
 
 

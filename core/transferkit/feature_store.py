@@ -8,13 +8,16 @@ a digest of its weights, the input size and normalisation, and the examples (fil
 names, sizes and times, or the arrays' bytes). The next run with the same key reads the
 file instead of running the backbone. An entry is written beside its place and renamed in
 when complete, so a kill leaves no entry that looks complete; an entry whose files do
-not match its record is rebuilt. ``transferkit cache`` reports sizes (an interrupted
-run's partial entry too) and clears. Sources without a stable identity
-(``tk.data.from_pairs``) are not cached on disk.
+not match its record (its shape, or the SHA-256 of its features, checked on every read)
+is rebuilt with a warning. ``transferkit cache`` reports sizes (an interrupted run's
+partial entry too) and clears; it removes only entries that transferkit provably wrote
+(:func:`is_entry`) and leaves anything else in the directory alone. Sources without a
+stable identity (``tk.data.from_pairs``) are not cached on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,16 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TransferkitError, warn
+from .errors import CacheError, warn
 from .lazy import is_lazy
 
 VERSION = 1
 META = "meta.json"
 DATA = "features.npy"
-
-
-class CacheError(TransferkitError):
-    """A feature cache directory that cannot be used (not writable, disk full)."""
+#: an entry's record is a key and a few numbers: one much larger is not ours
+_META_MAX = 1 << 20
 
 
 def home() -> Path:
@@ -84,19 +85,63 @@ def key(model: Any, x: Any) -> dict[str, Any]:
 
 def _entry_dir(root: Path, k: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:32]
-    return root / f"{k['backbone'].replace(':', '_').replace('/', '_')}-{digest}"
+    return root / f"{str(k['backbone']).replace(':', '_').replace('/', '_')}-{digest}"
+
+
+def _checksum(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _meta(entry: Path) -> dict[str, Any] | None:
+    """An entry's record, or None when it is missing or not a record of ours."""
+    path = entry / META
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _META_MAX:
+            return None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+        return None
+    k = meta["key"]
+    if not isinstance(k.get("backbone"), str) or k.get("version") != VERSION:
+        return None
+    return meta
+
+
+def is_entry(entry: Path) -> bool:
+    """Proof that transferkit wrote ``entry``: a real directory holding only an entry's
+    files, whose ``meta.json`` key hashes to the entry's own name (a partial entry: the
+    name of the entry it was becoming)."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    meta = _meta(entry)
+    if meta is None:
+        return False
+    try:
+        if any(p.name not in (META, DATA) for p in entry.iterdir()):
+            return False
+        name = _entry_dir(entry.parent, meta["key"]).name
+    except (OSError, TypeError, ValueError):
+        return False
+    return entry.name == name or entry.name.startswith(f".{name}.partial-")
 
 
 def _read(entry: Path, k: dict[str, Any], n: int) -> np.ndarray | None:
-    """The entry's features, or None when it is missing, partial or not this key's."""
+    """The entry's features, or None when it is missing, partial, corrupt (its content
+    no longer hashes to the recorded checksum) or not this key's."""
+    meta = _meta(entry)
+    if meta is None or meta.get("key") != k or meta.get("complete") is not True:
+        return None
     try:
-        meta = json.loads((entry / META).read_text())
-        feats = np.load(entry / DATA, mmap_mode="r")
-    except (OSError, ValueError):
+        feats = np.load(entry / DATA, mmap_mode="r", allow_pickle=False)
+        shape = tuple(meta.get("shape", ()))
+    except (OSError, ValueError, TypeError):
         return None
-    if meta.get("key") != k or not meta.get("complete") or feats.shape[0] != n:
+    if feats.ndim < 1 or feats.shape[0] != n or feats.shape != shape:
         return None
-    if feats.shape != tuple(meta.get("shape", ())) or feats.dtype != np.float32:
+    if feats.dtype != np.float32 or meta.get("sha256") != _checksum(entry / DATA):
         return None
     return feats
 
@@ -109,15 +154,23 @@ def features(
     root = Path(cache_dir) if cache_dir is not None else home()
     k = key(model, x)
     entry = _entry_dir(root, k)
-    if entry.exists():
+    if entry.exists() or entry.is_symlink():
         found = _read(entry, k, len(x))
         if found is not None:
             return found
+        if not is_entry(entry):
+            raise CacheError(
+                f"{str(entry)!r} is in the feature cache's place for these features but is not "
+                "a cache entry transferkit wrote; it was left alone: move it away, or pass "
+                "cache_dir= another directory"
+            )
         warn(f"the feature cache entry {str(entry)!r} is incomplete or corrupt; rebuilding it")
         shutil.rmtree(entry, ignore_errors=True)
     tmp = entry.with_name(f".{entry.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
+        # the record first, so that a partial entry is provably transferkit's (--clear)
+        (tmp / META).write_text(json.dumps({"key": k, "complete": False}, indent=1))
         out = None
         done = 0
         for batch in model.prepared_batches(x, batch_size):
@@ -131,7 +184,13 @@ def features(
             raise CacheError("no examples to compute features of")
         out.flush()
         del out
-        meta = {"key": k, "complete": True, "shape": list(shape), "created": time.time()}
+        meta = {
+            "key": k,
+            "complete": True,
+            "shape": list(shape),
+            "sha256": _checksum(tmp / DATA),
+            "created": time.time(),
+        }
         (tmp / META).write_text(json.dumps(meta, indent=1))
         try:
             tmp.rename(entry)
@@ -151,32 +210,60 @@ def features(
     return np.load(entry / DATA, mmap_mode="r")
 
 
+def _size(d: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+    except OSError:
+        return 0
+
+
+def _listing(root: Path) -> list[Path]:
+    if root.is_symlink() or not root.is_dir():
+        return []
+    try:
+        return sorted(root.iterdir())
+    except OSError as e:
+        raise CacheError(
+            f"cannot read the feature cache {str(root)!r}: {e.strerror or e}"
+        ) from None
+
+
 def entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every entry under the cache directory: name, backbone, examples, size in bytes."""
+    """Every entry under the cache directory: name, backbone, examples, size in bytes.
+    Only what transferkit wrote (:func:`is_entry`) is an entry; see :func:`foreign`."""
     root = Path(cache_dir) if cache_dir is not None else home()
     out = []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-        try:
-            meta = json.loads((d / META).read_text())
-        except (OSError, ValueError):
-            meta = {}
+    for d in _listing(root):
+        if not is_entry(d):
+            continue
+        meta = _meta(d) or {}
+        shape = meta.get("shape")
         out.append(
             {
                 "entry": d.name,
-                "backbone": meta.get("key", {}).get("backbone"),
-                "examples": (meta.get("shape") or [None])[0],
-                "complete": bool(meta.get("complete")) and not d.name.startswith("."),
-                "bytes": size,
+                "backbone": meta["key"]["backbone"],
+                "examples": shape[0] if isinstance(shape, list) and shape else None,
+                "complete": meta.get("complete") is True and not d.name.startswith("."),
+                "bytes": _size(d),
             }
         )
     return out
 
 
-def clear(cache_dir: str | Path | None = None) -> int:
-    """Remove every entry; returns the bytes freed."""
+def foreign(cache_dir: str | Path | None = None) -> list[str]:
+    """Names under the cache directory that are not cache entries (left alone)."""
     root = Path(cache_dir) if cache_dir is not None else home()
-    freed = sum(e["bytes"] for e in entries(root))
-    for d in list(root.iterdir()) if root.is_dir() else []:
-        shutil.rmtree(d, ignore_errors=True)
+    return [d.name for d in _listing(root) if not is_entry(d)]
+
+
+def clear(cache_dir: str | Path | None = None) -> int:
+    """Remove every entry (nothing else: :func:`foreign`); returns the bytes freed."""
+    root = Path(cache_dir) if cache_dir is not None else home()
+    freed = 0
+    for d in _listing(root):
+        if is_entry(d):
+            freed += _size(d)
+            with contextlib.suppress(OSError):
+                (d / META).unlink()  # no longer an entry, even if the rest fails
+            shutil.rmtree(d, ignore_errors=True)
     return freed

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import validate
+from . import owned, validate
 from .callbacks import Callback
 from .errors import ConfigError, TrainingError
 from .schedules import batch_bounds
@@ -79,7 +79,7 @@ class LRFinder:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=100)
+        owned.save_figure(fig, path, "learning-rate plot", dpi=100)
         plt.close(fig)
         return path
 

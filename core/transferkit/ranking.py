@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import transferability
+from . import owned, transferability
 from .errors import ConfigError
 
 
@@ -77,7 +77,7 @@ class Ranking:
             {"metric": self.metric, "examples": self.examples, "rows": self.table}, indent=2
         )
         if path is not None:
-            Path(path).write_text(text)
+            owned.write_text(path, text, "ranking")
         return text
 
     def to_markdown(self) -> str:
@@ -125,7 +125,7 @@ class Ranking:
             axes[1].legend(fontsize=7)
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=100)
+        owned.save_figure(fig, path, "ranking plot", dpi=100)
         plt.close(fig)
         return path
 
@@ -134,7 +134,7 @@ class Ranking:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.to_json(out / "rank.json")
-        (out / "rank.md").write_text(self.to_markdown() + "\n")
+        owned.write_text(out / "rank.md", self.to_markdown() + "\n", "ranking report")
         self.plot(out / "rank.png")
         return out
 

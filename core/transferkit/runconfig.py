@@ -187,12 +187,12 @@ def load_labelled(spec: str, what: str = "data") -> Any:
 
 def _check_out(out: str) -> None:
     """The output directory is checked before any data is read or any step is taken."""
-    from .saving import _check_target
+    from .saving import check_target
 
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"out {out!r} is a file; choose a directory for the fitted model")
-    _check_target(path)
+    check_target(path)
 
 
 def _labelled(data: Any, spec: str) -> Any:

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import atomic, validate
+from . import atomic, owned, validate
 from . import weights as wio
 from .builder import build
-from .errors import ConfigError, ModelDirError, TransferkitError, WeightsError
+from .errors import ConfigError, ModelDirError, OverwriteError, TransferkitError, WeightsError
 from .heads import Head
 from .model import ASSETS, CONFIG_FILE, FORMAT, WEIGHTS_FILE, Model
 from .plugins import registry
@@ -34,14 +34,53 @@ def save(model: Model, path: str | Path) -> Path:
             (tmp / "history.json").write_text(json.dumps(model.history, indent=2))
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))  # the marker: last
 
-    return atomic.write_dir(Path(path), fill, CONFIG_FILE, _check_target, "model directory")
+    return atomic.write_dir(Path(path), fill, CONFIG_FILE, check_target, "model directory")
 
 
-def _check_target(target: Path) -> None:
-    if target.is_dir() and not (target / CONFIG_FILE).exists() and any(target.iterdir()):
-        raise ModelDirError(
-            f"{str(target)!r} exists and is not a transferkit model directory; "
-            "refusing to overwrite it"
+#: everything :func:`save` writes in a model directory
+SAVED = (CONFIG_FILE, WEIGHTS_FILE, ASSETS, "history.json")
+
+
+def is_model_dir(path: Path) -> bool:
+    """Proof that transferkit wrote the directory: its ``config.json`` is a regular file
+    holding transferkit's ``format`` field (a Hugging Face or Keras ``config.json`` has
+    none)."""
+    cfg = path / CONFIG_FILE
+    try:
+        if cfg.is_symlink() or not cfg.is_file() or cfg.stat().st_size > 1 << 20:
+            return False
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def check_target(target: Path) -> None:
+    """What :func:`save` may replace: nothing (a new or empty directory), or a transferkit
+    model directory that holds only what a save writes. Anything else — a user's files,
+    another library's model, a symbolic link, a model directory the user added files
+    to — is refused before any work, naming the path."""
+    if target.is_symlink():
+        raise OverwriteError(
+            f"{str(target)!r} is a symbolic link; transferkit does not save through links: "
+            "choose another path"
+        )
+    if target.exists() and not target.is_dir():
+        raise OverwriteError(f"{str(target)!r} is a file; choose a directory path for the model")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not is_model_dir(target):
+        raise OverwriteError(
+            f"{str(target)!r} exists and is not a transferkit model directory (its "
+            f"{CONFIG_FILE}, if any, is not transferkit's); refusing to replace it: choose "
+            "another path or move it away"
+        )
+    extra = owned.only(target, SAVED)
+    if extra:
+        raise OverwriteError(
+            f"{str(target)!r} is a transferkit model directory, but it also holds "
+            f"{', '.join(map(repr, extra[:5]))}{' ...' if len(extra) > 5 else ''}, which "
+            "save did not write; saving would lose them: move them out or choose another path"
         )
 
 

@@ -8,6 +8,7 @@ cross-validation on it); the chosen configuration is refit on all of ``train`` a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -19,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import search_space, validate
+from . import owned, search_space, validate
 from .data import Dataset
-from .errors import ConfigError, FrameworkNotInstalledError, TransferkitError
+from .errors import ConfigError, FrameworkNotInstalledError, OverwriteError, TransferkitError
 from .metrics import HIGHER_IS_BETTER
 from .search_space import Space
 
@@ -143,6 +144,7 @@ def _study_name(sp: Space, train: Dataset, val: Any, metric: str, cv: Any, seed:
 
 def _study(optuna: Any, storage: Any, sampler: Any, name: str, direction: str, sp: Space) -> Any:
     """The study, loaded if ``storage`` has it: then it must be this search."""
+    check_storage(storage)
     try:
         study = optuna.create_study(
             storage=storage, sampler=sampler, study_name=name, direction=direction,
@@ -157,6 +159,47 @@ def _study(optuna: Any, storage: Any, sampler: Any, name: str, direction: str, s
         if any(sp.distributions.get(k) != d for k, d in t.distributions.items()):
             raise ConfigError(f"{where} searched another space; pass another study_name")
     return study
+
+
+#: tables of an Optuna storage (any of them marks a database Optuna made)
+_OPTUNA_TABLES = {"studies", "version_info", "alembic_version", "trials"}
+
+
+def check_storage(storage: Any) -> None:
+    """Refuse a SQLite storage file that is not an Optuna storage: Optuna would add its
+    tables to a user's database (or fail on a file that is no database at all)."""
+    if not isinstance(storage, str) or not storage.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(storage[len("sqlite:///") :].split("?", 1)[0])
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_file():
+        raise OverwriteError(
+            f"storage {storage!r}: {str(path)!r} is not a regular file; name a new file or an "
+            "existing Optuna storage"
+        )
+    if path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        is_sqlite = f.read(16) == b"SQLite format 3\x00"
+    tables: set[str] = set()
+    if is_sqlite:
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            ) as db:
+                rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+            tables = {r[0] for r in rows}
+        except sqlite3.Error as e:
+            raise ConfigError(f"storage {storage!r}: cannot read {str(path)!r}: {e}") from None
+    if not is_sqlite or (tables and not tables & _OPTUNA_TABLES):
+        what = "a SQLite database of other tables" if is_sqlite else "not a SQLite database"
+        raise OverwriteError(
+            f"storage {storage!r}: {str(path)!r} is {what}, not an Optuna storage; transferkit "
+            "does not write into it: name a new file (sqlite:///search.db) or an Optuna storage"
+        )
 
 
 def _settled(trial: Any) -> bool:
@@ -276,7 +319,7 @@ class SearchResult:
         doc.update(direction=self.study.direction.name.lower(), fixed=self.space.fixed)
         text = json.dumps(doc, indent=2, default=list)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            owned.write_text(path, text + "\n", "search result")
         return text
 
     def to_markdown(self) -> str:
@@ -329,7 +372,7 @@ class SearchResult:
                 ax.set_xscale("log" if dist.log else "linear")
             ax.set(xlabel=name, ylabel=self.metric)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        owned.save_figure(fig, path, "search plot", dpi=100)
         return Path(path)
 
 
@@ -391,6 +434,6 @@ def search_from_toml(
     if out is not None:
         result.best_model.save(out / "model")
         result.to_json(out / "search.json")
-        (out / "search.md").write_text(result.to_markdown())
+        owned.write_text(out / "search.md", result.to_markdown(), "search report")
         result.plot(out / "search.png")
     return result

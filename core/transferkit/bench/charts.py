@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import owned
+
 
 def charts(doc: dict[str, Any], out: Path) -> list[Path]:
     """``bench_ms_per_step.png`` (per task: ms/step per framework per model, IQR bars) and
@@ -52,7 +54,7 @@ def charts(doc: dict[str, Any], out: Path) -> list[Path]:
     fig.suptitle("transferkit training step per framework and model (lower is faster)")
     fig.tight_layout()
     path = out / "bench_ms_per_step.png"
-    fig.savefig(path, dpi=110)
+    owned.save_figure(fig, path, "benchmark chart", dpi=110)
     plt.close(fig)
     written.append(path)
 
@@ -94,7 +96,7 @@ def charts(doc: dict[str, Any], out: Path) -> list[Path]:
         fig.suptitle("accuracy after tk.fit from the same weights, per framework")
         fig.tight_layout()
         path = out / "bench_accuracy.png"
-        fig.savefig(path, dpi=110)
+        owned.save_figure(fig, path, "benchmark chart", dpi=110)
         plt.close(fig)
         written.append(path)
     return written

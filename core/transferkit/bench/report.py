@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import owned
 from .charts import charts
 
 #: how ``flops_per_step`` is counted (each framework's ``count_macs``), for the report
@@ -199,8 +200,8 @@ def markdown(doc: dict[str, Any]) -> str:
 def write(doc: dict[str, Any], out: Path) -> list[Path]:
     """``bench.json``, ``bench.md`` and the PNG charts into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(doc, indent=2, default=float))
-    (out / "bench.md").write_text(markdown(doc))
+    owned.write_text(out / "bench.json", json.dumps(doc, indent=2, default=float), "benchmark")
+    owned.write_text(out / "bench.md", markdown(doc), "benchmark report")
     return [out / "bench.json", out / "bench.md", *charts(doc, out)]
 
 
@@ -212,6 +213,6 @@ def write_study(out: str | Path, stem: str, doc: dict[str, Any], text: str) -> N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {**doc, "machine": platform.processor() or platform.machine()}
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
-    (out / f"{stem}.md").write_text(text + "\n")
+    owned.write_text(out / f"{stem}.json", json.dumps(doc, indent=2), "study result")
+    owned.write_text(out / f"{stem}.md", text + "\n", "study report")
     print(text)

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .. import owned
 from ..errors import ConfigError
 from .frameworks import baselines, case_env, check, libraries, registered, resolved_baselines
 from .probe import load_average, machine, matmul_gflops
@@ -198,7 +199,8 @@ def run(
             if out is not None:  # what is done so far survives an interrupted run
                 Path(out).mkdir(parents=True, exist_ok=True)
                 partial = {**doc, "cases": results, "complete": False}
-                (Path(out) / "bench.json").write_text(json.dumps(partial, indent=2, default=float))
+                text = json.dumps(partial, indent=2, default=float)
+                owned.write_text(Path(out) / "bench.json", text, "benchmark")
             if verbose:
                 print(_summary_line(r), file=sys.stderr, flush=True)
     finish(doc, results, started, s.matmul_n)

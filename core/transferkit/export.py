@@ -230,12 +230,6 @@ def check_target(path: Path, fmt: ExportFormat) -> dict[str, Any] | None:
     directory = not fmt.suffix
     side = sidecar(path)
     previous = _previous(path, directory) if path.exists() else None
-    if side.is_symlink() or side.is_dir() or (side.exists() and previous is None):
-        raise OverwriteError(
-            f"{str(side)!r} exists and is not the sidecar of a transferkit export at "
-            f"{str(path)!r}; the export writes its description there: move it away or choose "
-            "another path"
-        )
     if path.is_symlink():
         raise OverwriteError(
             f"{str(path)!r} is a symbolic link; transferkit does not export through links: "
@@ -246,6 +240,12 @@ def check_target(path: Path, fmt: ExportFormat) -> dict[str, Any] | None:
         raise OverwriteError(
             f"{str(path)!r} is {kind} that no transferkit export wrote (or it was changed "
             "since); refusing to replace it: move it away or choose another path"
+        )
+    if side.is_symlink() or side.is_dir() or (side.exists() and previous is None):
+        raise OverwriteError(
+            f"{str(side)!r} exists and is not the sidecar of a transferkit export at "
+            f"{str(path)!r}; the export writes its description there: move it away or choose "
+            "another path"
         )
     tok = tokenizer_path(path)
     ours_tok = previous is not None and (previous.get("input") or {}).get("tokenizer") == tok.name

@@ -55,6 +55,11 @@ class Dataset:
             if self.y.dtype.kind in "iub":
                 self.y = self.y.astype(np.int64)
             elif self.y.dtype.kind in "USO":  # class names, as read_table maps them
+                if self.y.ndim != 1:
+                    raise LabelError(
+                        f"{what}: class-name labels must be one name per input (shape (N,)), "
+                        f"got shape {self.y.shape}"
+                    )
                 names = [str(v) for v in self.y.tolist()]
                 if self.classes is None:
                     self.classes = sorted(set(names))

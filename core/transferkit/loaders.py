@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,21 @@ def _rgb01(im: Any) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def regular(path: Path) -> None:
+    """Refuse anything but a regular file before opening it: a FIFO, a device or a socket
+    named like an image would block a reader forever."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+        raise OSError(f"{str(path)!r} is {kind}, not a regular file")
+
+
 def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image  # pillow comes with matplotlib; imported only here
 
     from .preprocess import resize
 
+    regular(path)
     with Image.open(path) as im:
         arr = _rgb01(im)
     return resize(arr[None], size)[0] if size is not None else arr
@@ -40,6 +53,7 @@ def _probe(path: Path) -> tuple[int, int]:
     short is found without decoding it."""
     from PIL import Image
 
+    regular(path)
     with Image.open(path) as im:
         w, h = im.size
         fmt = im.format
@@ -100,6 +114,15 @@ def image_files(
             )
         warn(f"skipped {len(bad)} unreadable image file(s): {listed}{more}")
     keep = [i for i, r in enumerate(found) if not isinstance(r, str)]
+    if labels is not None and classes is not None and bad:
+        left = {str(labels[i]) for i in keep}
+        emptied = [c for j, c in enumerate(classes) if str(j) not in left and str(c) not in left]
+        if emptied:
+            raise EmptyDataError(
+                f"class(es) {', '.join(map(repr, emptied[:5]))} of {name or 'the list'!r} have "
+                f"no readable image: every file of theirs was skipped ({listed}{more}); "
+                "replace the files or remove the class folder"
+            )
     paths = [paths[i] for i in keep]
     y = None if labels is None else np.asarray([labels[i] for i in keep])
     sizes = {found[i] for i in keep}
@@ -169,12 +192,13 @@ def read_table(
     Labels may be class names (mapped to indices in sorted order, or in the order of
     ``classes``) or integers. Every row must have a text and a label.
     """
-    import csv
     import json
 
     path = Path(path)
     if not path.is_file():
-        raise EmptyDataError(f"{str(path)!r} does not exist")
+        raise EmptyDataError(
+            f"{str(path)!r} " + ("is not a regular file" if path.exists() else "does not exist")
+        )
     try:
         content = path.read_bytes().decode("utf-8-sig" if encoding == "utf-8" else encoding)
     except UnicodeDecodeError as e:
@@ -187,13 +211,12 @@ def read_table(
     rows: list[Any]
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
         rows = []
-        for n, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for n, line in json_lines(content):
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputDTypeError(f"{str(path)!r} line {n} is not valid JSON: {e}") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else e
+                raise InputDTypeError(f"{str(path)!r} line {n} is not valid JSON: {why}") from None
             if not isinstance(row, dict):
                 raise InputDTypeError(
                     f"{str(path)!r} line {n} is a JSON {type(row).__name__}, not an object "
@@ -201,8 +224,7 @@ def read_table(
                 )
             rows.append((n, row))
     else:
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        rows = [(n, r) for n, r in enumerate(reader, start=2)]
+        rows = [(n, r) for n, r in enumerate(csv_rows(content, path), start=2)]
     if not rows:
         raise EmptyDataError(f"{str(path)!r} holds no rows")
     for col in (text, label):
@@ -226,45 +248,145 @@ def read_table(
             )
         texts.append(t)
         raw.append(v)
-    if (
-        all(
-            isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
-            for v in raw
-        )
-        and classes is None
-    ):
-        y = np.array([int(v) for v in raw], dtype=np.int64)
+    if all(isinstance(v, int) or _INTEGER.match(v.strip()) for v in raw) and classes is None:
+        values = [int(v) for v in raw]
+        big = next((v for v in values if not -(2**63) <= v < 2**63), None)
+        if big is not None:
+            raise LabelError(
+                f"{str(path)!r}: label {big} does not fit a 64-bit integer; labels are class "
+                "indices 0..C-1 or class names"
+            )
+        y = np.array(values, dtype=np.int64)
         names = None
     else:
         names = list(classes) if classes is not None else sorted({str(v) for v in raw})
         unknown = sorted({str(v) for v in raw} - set(names))
         if unknown:
             raise LabelError(f"labels {unknown[:5]} are not in classes {names}")
-        y = np.array([names.index(str(v)) for v in raw], dtype=np.int64)
+        index = {c: i for i, c in enumerate(names)}
+        y = np.array([index[str(v)] for v in raw], dtype=np.int64)
     return Dataset(texts, y, names, name=path.stem)
+
+
+#: an integer label as text: ASCII digits with an optional minus (not "²", "--5" or "1e3")
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+
+
+def json_lines(content: str) -> list[tuple[int, str]]:
+    """The non-blank lines of JSONL text with their numbers. Lines end at ``\n`` (and
+    ``\r\n``) only: U+2028, U+0085 and the other separators ``str.splitlines`` knows
+    may stand inside a JSON string."""
+    out = []
+    for n, line in enumerate(content.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            out.append((n, line))
+    return out
+
+
+def csv_rows(content: str, path: Path) -> list[dict[str, Any]]:
+    """A CSV table's rows as dicts. A field may be as long as the file (a whole article);
+    a malformed file is an :class:`InputDTypeError` naming it."""
+    import csv
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(content) + 1))
+    try:
+        return list(csv.DictReader(io.StringIO(content, newline="")))
+    except csv.Error as e:
+        raise InputDTypeError(f"{str(path)!r} is not a valid CSV table: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+#: deflate expands at most ~1032-fold: a member that claims more is not a real one
+_INFLATE = 1100
+
+
+def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        shape, _, dtype = fmt._read_array_header(f, version)
+    return shape, dtype
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, each checked before it is read: no object arrays,
+    and a declared shape that fits the bytes the file holds (a header that claims a huge
+    shape is refused, not allocated). Raises ``ValueError`` naming what is wrong."""
+    import zipfile
+    import zlib
+
+    path = Path(path)
+    regular(path)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            single = f.read(6) == b"\x93NUMPY"
+        raise ValueError(
+            "it holds a single array, not named arrays x and y"
+            if single
+            else "it is not an .npz (zip) archive"
+        )
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.is_dir():
+                    continue
+                name = info.filename.removesuffix(".npy")
+                stored = info.compress_type == zipfile.ZIP_STORED
+                bound = info.compress_size if stored else _INFLATE * info.compress_size + 4096
+                if info.file_size > bound:
+                    raise ValueError(
+                        f"member {name!r} claims {info.file_size} bytes from "
+                        f"{info.compress_size} compressed: the archive is corrupt"
+                    )
+                with z.open(info) as f:
+                    shape, dtype = _npy_header(f)
+                    header = f.tell()
+                if dtype.hasobject:
+                    raise ValueError(f"array {name!r} holds Python objects, which are not read")
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                if n * dtype.itemsize > info.file_size - header:
+                    raise ValueError(
+                        f"array {name!r} declares shape {shape} ({n * dtype.itemsize} bytes) "
+                        f"but the file holds {info.file_size - header}: it is corrupt"
+                    )
+                with z.open(info) as f:
+                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+        raise ValueError(f"the archive is corrupt ({type(e).__name__}: {e})") from None
+    return out
 
 
 def load_npz(path: str | Path) -> Dataset:
     """Load ``x``, ``y`` (and optional ``classes``) arrays from an ``.npz`` file."""
-    import zipfile
-
     try:
-        f = np.load(path, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array, not named arrays x and y")
-        with f:
-            if "x" not in f:
-                raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
-            classes = [str(c) for c in f["classes"]] if "classes" in f else None
-            labels = f["y"] if "y" in f else None  # noqa: SIM401 - NpzFile has no .get
-            return Dataset(f["x"], labels, classes, name=Path(path).stem)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        if isinstance(e, EmptyDataError):
-            raise
+        f = read_npz(path)
+    except (OSError, ValueError) as e:
         raise InputDTypeError(
             f"cannot read {str(path)!r} as an .npz of arrays x and y ({e}); write it with "
             "numpy.savez(path, x=..., y=...) (object arrays are not read)"
         ) from None
+    if "x" not in f:
+        raise EmptyDataError(f"{str(path)!r} has no array named 'x' (found {list(f)})")
+    classes = None
+    if "classes" in f:
+        c = f["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "USiu":
+            raise InputDTypeError(
+                f"{str(path)!r}: 'classes' must be a 1-D array of class names, got shape "
+                f"{c.shape} of {c.dtype}"
+            )
+        classes = [str(v) for v in c.tolist()]
+    return Dataset(f["x"], f.get("y"), classes, name=Path(path).stem)
 
 
 def load(path: str | Path, size: tuple[int, int] | None = None) -> Dataset:

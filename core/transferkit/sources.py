@@ -9,8 +9,6 @@ reported with its id and skipped; the others go on.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, EmptyDataError, InputDTypeError
-from .loaders import IMAGE_SUFFIXES, _read_image, load_npz
+from .loaders import IMAGE_SUFFIXES, _read_image, csv_rows, json_lines, load_npz, regular
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
@@ -92,6 +90,10 @@ def _images(paths: list[Path]) -> Source:
 
 def _table(path: Path, column: str) -> Source:
     try:
+        regular(path)
+    except OSError as e:
+        raise InputDTypeError(str(e)) from None
+    try:
         content = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputDTypeError(
@@ -99,20 +101,22 @@ def _table(path: Path, column: str) -> Source:
         ) from None
     rows: list[tuple[str, Any]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        if reader.fieldnames is None or column not in reader.fieldnames:
+        table = csv_rows(content, path)
+        fields = list(table[0]) if table else []
+        if column not in fields:
             raise InputDTypeError(
                 f"{str(path)!r} has no column {column!r} (columns: "
-                f"{', '.join(reader.fieldnames or []) or 'none'}); pass --text-column"
+                f"{', '.join(map(str, fields)) or 'none'}); pass --text-column"
             )
-        rows = [(f"row {n}", r[column]) for n, r in enumerate(reader, start=1)]
+        rows = [(f"row {n}", r[column]) for n, r in enumerate(table, start=1)]
     else:
-        for n, line in enumerate(content.splitlines(), start=1):
+        for n, line in json_lines(content):
             if line.strip():
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    rows.append((f"line {n}", _Bad(f"not valid JSON: {e}")))
+                except (json.JSONDecodeError, RecursionError) as e:
+                    why = "nested too deeply" if isinstance(e, RecursionError) else e
+                    rows.append((f"line {n}", _Bad(f"not valid JSON: {why}")))
                     continue
                 if not isinstance(obj, dict) or column not in obj:
                     rows.append((f"line {n}", _Bad(f"no {column!r} field")))
@@ -136,7 +140,7 @@ def open_source(data: Sequence[str | Path], text_column: str = "text") -> Source
         raise EmptyDataError(f"{', '.join(map(repr, missing[:3]))} does not exist")
     if len(paths) == 1 and paths[0].is_dir():
         files = sorted(
-            p for p in paths[0].rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            p for p in paths[0].rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
         )
         if not files:
             raise EmptyDataError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -98,6 +99,14 @@ class _Tensor(_Sealed):
             raise _Corrupt(f"a tensor has {len(size)} sizes but {len(stride)} strides")
         if 0 in size:  # no element is read, so no offset or stride can reach too far
             return np.zeros(size, flat.dtype)
+        count = 1
+        for n in size:
+            count *= n
+        if count > len(flat):  # strides of 0 would copy out far more than the file holds
+            raise _Corrupt(
+                f"a tensor of {count} elements is built on a storage of {len(flat)}: expanded "
+                "tensors are not read (save tensor.contiguous() instead)"
+            )
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= len(flat):
             raise _Corrupt(f"a tensor reaches element {last} of a storage of {len(flat)} elements")
@@ -120,6 +129,33 @@ class _RebuildTensor(_Sealed):
         if not (isinstance(size, tuple | list) and isinstance(stride, tuple | list)):
             raise _Corrupt("a tensor's sizes or strides are not sequences")
         return _Tensor(storage, offset, tuple(size), tuple(stride))
+
+
+_MEMO_OPS = ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET")
+
+
+def _scan(f: io.BytesIO) -> None:
+    """Walk the pickle at ``f``'s position opcode by opcode (pure Python, reading only the
+    bytes there are) before the C unpickler sees it, and put ``f`` back. The C unpickler
+    sizes its memo from the largest index a PUT names and allocates a string's declared
+    length before reading it, so a few crafted bytes could ask for gigabytes; a stream
+    whose memo indices exceed its own length (each memo entry needs an opcode of its own)
+    or whose data is shorter than declared is refused here."""
+    start = f.tell()
+    size = len(f.getbuffer()) - start
+    try:
+        for op, arg, _pos in pickletools.genops(f):
+            if op.name in _MEMO_OPS and not (isinstance(arg, int) and 0 <= arg < size):
+                raise _Corrupt(f"the pickle names memo entry {arg} in a stream of {size} bytes")
+    except ValueError as e:  # genops on data that ends early or breaks the format
+        raise _Corrupt(f"the pickle is malformed ({e})") from None
+    f.seek(start)
+
+
+def _load(unpickler: pickle.Unpickler, f: io.BytesIO) -> Any:
+    """The next pickle of ``f``, scanned (:func:`_scan`) before it is unpickled."""
+    _scan(f)
+    return unpickler.load()
 
 
 class _DataUnpickler(pickle.Unpickler):
@@ -190,9 +226,22 @@ def _read_zip(raw: bytes) -> Any:
         if pkl is None:
             raise _Corrupt("the archive has no data.pkl")
         prefix = pkl[: -len("data.pkl")]
+        info = z.getinfo(pkl)
+        if info.file_size > info.compress_size * (1 if info.compress_type == 0 else 1100) + 4096:
+            raise _Corrupt(f"data.pkl claims {info.file_size} bytes from {info.compress_size}")
 
         def storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
-            buf = z.read(f"{prefix}data/{key}")
+            try:
+                info = z.getinfo(f"{prefix}data/{key}")
+            except KeyError:
+                raise _Corrupt(f"the archive has no data for storage {key}") from None
+            bound = info.compress_size * (1 if info.compress_type == 0 else 1100) + 4096
+            if info.file_size > bound or numel * dtype.itemsize > info.file_size:
+                raise _Corrupt(
+                    f"storage {key} declares {numel} elements of {dtype}, but its member holds "
+                    f"{info.file_size} bytes ({info.compress_size} compressed)"
+                )
+            buf = z.read(info)
             if len(buf) % dtype.itemsize or len(buf) // dtype.itemsize < numel:
                 raise _Corrupt(
                     f"storage {key} has {len(buf)} bytes, not {numel} elements of {dtype}"
@@ -200,7 +249,8 @@ def _read_zip(raw: bytes) -> Any:
             return np.frombuffer(buf, dtype=dtype)
 
         storages: dict[str, _Storage] = {}
-        return _Unpickler(io.BytesIO(z.read(pkl)), storages, storage).load()
+        stream = io.BytesIO(z.read(info))
+        return _load(_Unpickler(stream, storages, storage), stream)
 
 
 def _read_legacy(raw: bytes) -> Any:
@@ -208,16 +258,16 @@ def _read_legacy(raw: bytes) -> Any:
     info, the state dict), a pickled list of storage keys, then for each key its element
     count as a little-endian int64 followed by the raw elements."""
     f = io.BytesIO(raw)
-    magic = _DataUnpickler(f).load()
+    magic = _load(_DataUnpickler(f), f)
     if not isinstance(magic, int) or magic != _LEGACY_MAGIC:
         raise _Corrupt("it does not start with PyTorch's magic number")
-    protocol = _DataUnpickler(f).load()
+    protocol = _load(_DataUnpickler(f), f)
     if not isinstance(protocol, int) or protocol != _LEGACY_PROTOCOL:
         raise _Corrupt(f"unknown legacy protocol version {str(protocol)[:40]}")
-    _DataUnpickler(f).load()  # system info, which torch does not use either
+    _load(_DataUnpickler(f), f)  # system info, which torch does not use either
     storages: dict[str, _Storage] = {}
-    result = _Unpickler(f, storages).load()
-    keys = _DataUnpickler(f).load()
+    result = _load(_Unpickler(f, storages), f)
+    keys = _load(_DataUnpickler(f), f)
     if not isinstance(keys, list) or not all(isinstance(k, str | int) for k in keys):
         raise _Corrupt("the storage key list is not a list of keys")
     for key in map(str, keys):
@@ -241,8 +291,12 @@ def _read_legacy(raw: bytes) -> Any:
 def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a PyTorch state-dict checkpoint, as numpy arrays by key."""
     path = Path(path)
-    raw = path.read_bytes()
     where = repr(str(path))
+    if not path.is_file():
+        raise WeightsError(
+            f"{where} " + ("is not a regular file" if path.exists() else "does not exist")
+        )
+    raw = path.read_bytes()
     try:
         result = _read_zip(raw) if zipfile.is_zipfile(io.BytesIO(raw)) else _read_legacy(raw)
         result = result.get("state_dict", result) if isinstance(result, dict) else result

@@ -66,8 +66,9 @@ def build(
     validate.string("build(name)", name)
     if ":" not in name:
         raise ConfigError(
-            f"build({name!r}): backbone names are 'framework:name', e.g. 'torch:cnn'; "
-            "run `transferkit backbones` to list them"
+            f"build({name!r}): backbone names are 'framework:name'"
+            + _unqualified_hint(name)
+            + "; run `transferkit backbones` to list them"
         )
     assets = options.pop("assets", None)  # internal: what a saved model wrote (load)
     spec = _spec(name, assets)
@@ -195,3 +196,14 @@ def list_backbones(
     if isinstance(tags, str):
         tags = (tags,)
     return registry().catalog.filter(pattern, framework, tags)
+
+
+def _unqualified_hint(name: str) -> str:
+    """The registered names a bare ``name`` could mean (``cnn``: ``torch:cnn``, ...)."""
+    import difflib
+
+    names = [s.name for s in registry().catalog.filter()]
+    shorts = {n.partition(":")[2] for n in names}
+    close = [name] if name in shorts else difflib.get_close_matches(name, shorts, n=2)
+    same = [n for c in close for n in sorted(names) if n.partition(":")[2] == c]
+    return f" (did you mean {', '.join(same[:6])}?)" if same else ", e.g. 'torch:cnn'"

@@ -109,6 +109,8 @@ class TrainState:
         if not (path / STATE_FILE).is_file():
             raise ModelDirError(f"{str(path)!r} holds no training checkpoint ({STATE_FILE})")
         try:
+            if (path / STATE_FILE).stat().st_size > 64 << 20:
+                raise ValueError("it is over 64 MiB")
             meta = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"expected a JSON object, found {type(meta).__name__}")
@@ -119,6 +121,13 @@ class TrainState:
                 raise ValueError(f"epoch {epoch!r} and step {step!r} must be counts")
             if not isinstance(meta["rng"], dict) or not isinstance(meta["history"], list):
                 raise ValueError("rng must be an object and history a list")
+            if not all(isinstance(e, dict) for e in meta["history"]):
+                raise ValueError("history must be a list of objects, one per epoch")
+        except RecursionError:
+            raise ModelDirError(
+                f"training checkpoint {str(path / STATE_FILE)!r} is corrupt (its JSON is nested "
+                "too deeply); resume from another checkpoint or start again"
+            ) from None
         except (ValueError, KeyError, UnicodeDecodeError) as e:
             raise ModelDirError(
                 f"training checkpoint {str(path / STATE_FILE)!r} is corrupt ({e}); resume from "

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tomllib
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from . import cli_data, cli_deploy, launch
 from .cli_choose import add_parsers, lr_value
 from .errors import ConfigError, ModelDirError, TransferkitError
 from .runconfig import FIT_SCHEMA, load_labelled, run_config
+from .textfiles import read_toml
 
 
 def _backbones(args: argparse.Namespace) -> int:
@@ -161,13 +161,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     cfg: dict[str, Any] = {}
     if args.config:
-        try:
-            cfg = tomllib.loads(Path(args.config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(
-                f"cannot read run description {args.config!r} ({e}); pass the path of a TOML "
-                "file with --config"
-            ) from None
+        hint = "; pass the path of a TOML file with --config"
+        cfg = read_toml(args.config, "run description", hint)
     flags = {k: v for k, v in vars(args).items() if k in set(FIT_SCHEMA) and v is not None}
     if flags.get("hidden") == []:
         flags.pop("hidden")

@@ -17,6 +17,9 @@ from .errors import ConfigError
 
 #: more classes, outputs or hidden units than this is a mistake, not a model
 MAX_UNITS = 1_000_000
+#: a head of more parameters than this (4 GB of float32) is a mistake, not a model; it is
+#: refused before any framework allocates it
+MAX_PARAMETERS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,22 @@ class Head:
         if dropout >= 1.0:
             raise ConfigError(f"{name}(dropout) must be in [0, 1), got {dropout}")
         object.__setattr__(self, "dropout", dropout)
+        self._check_size(1)  # the layers after the first are known without the backbone
+
+    def _check_size(self, feature_size: int) -> int:
+        widths = (feature_size, *self.hidden, self.outputs)
+        total = sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
+        if total > MAX_PARAMETERS:
+            raise ConfigError(
+                f"{type(self).__name__}(hidden={self.hidden!r}) on {feature_size} features has "
+                f"{total:,} parameters, over the {MAX_PARAMETERS:,} a head may have; use "
+                "smaller hidden layers (a few hundred units is usual)"
+            )
+        return total
 
     def dense_layers(self, feature_size: int) -> list[DenseLayer]:
-        """The layers an adapter builds, input to output."""
+        """The layers an adapter builds, input to output (their size checked first)."""
+        self._check_size(feature_size)
         layers, width = [], feature_size
         for i, h in enumerate(self.hidden):
             layers.append(DenseLayer(f"hidden.{i}", width, h, "relu", self.dropout))

@@ -142,7 +142,8 @@ class Model:
             raise WeightsError(f"set_weights: {', '.join(bad[:4])} hold NaN or infinite values")
         shapes = self.engine.param_shapes()
         expected = {k: shapes[k] for k in arrays if k in shapes}
-        self.engine.set_weights(wio.match(arrays, expected, f"model {self.spec.name!r}"))
+        name = f"model {self.spec.name!r}"
+        self.engine.set_weights(wio.match(arrays, expected, name, warn_cast=False))
 
     @property
     def native(self) -> Any:

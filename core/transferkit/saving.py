@@ -127,7 +127,7 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     )
     peft = cfg.get("peft", cfg.get("adapter"))  # "adapter": the name in format 1's first files
     if peft:
-        model.add_peft(peft)
+        model.add_peft(_peft(peft, cfg_file))
     checked = wio.match(arrays, model.engine.param_shapes(), f"model {name!r}")
     model.engine.set_weights(checked)
     model.weights_origin = str(path)
@@ -135,10 +135,31 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     history = path / "history.json"
     if history.is_file():
         try:
-            model.history = json.loads(history.read_text())
-        except (ValueError, UnicodeDecodeError):
-            model.history = []  # a log, not the model: a bad one loses nothing that matters
+            found = json.loads(history.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            found = None
+        # a log, not the model: a bad one loses nothing that matters
+        ok = isinstance(found, list) and all(isinstance(e, dict) for e in found)
+        model.history = found if ok else []
     return model
+
+
+def _peft(peft: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A saved model's parameter-efficient modules, checked as ``tk.freeze.LoRA`` checks
+    them (its defaults for keys an older file lacks)."""
+    from .freeze import LoRA
+
+    fields = {"r", "alpha", "target", "dropout"}
+    extra = sorted(set(peft) - fields - {"kind"})
+    if peft.get("kind") != "lora" or extra:
+        raise ModelDirError(
+            f"{str(where)!r} is corrupt: field 'peft' is {peft!r:.80}; expected kind 'lora' "
+            "with r, alpha, target and dropout"
+        )
+    try:
+        return LoRA(**{k: v for k, v in peft.items() if k in fields}).peft
+    except (ConfigError, TypeError) as e:
+        raise ModelDirError(f"{str(where)!r} is corrupt: field 'peft': {e}") from None
 
 
 #: config.json fields: name -> (accepted types, required)
@@ -161,9 +182,13 @@ def read_config(path: Path) -> dict[str, Any]:
     """A saved model's ``config.json``, checked field by field (``ValueError`` names the
     first field that is wrong)."""
     try:
+        if path.stat().st_size > 16 << 20:
+            raise ValueError("it is over 16 MiB, far more than a model's description")
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text ({e})") from None
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"expected a JSON object, found {type(cfg).__name__}")
     if cfg.get("format") != FORMAT:

@@ -15,7 +15,6 @@ import math
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from .data import Dataset
 from .errors import ConfigError, FrameworkNotInstalledError, OverwriteError, TransferkitError
 from .metrics import HIGHER_IS_BETTER
 from .search_space import Space
+from .textfiles import read_toml
 
 __all__ = ["SearchResult", "search", "search_from_toml"]
 
@@ -392,10 +392,7 @@ def search_from_toml(
     from .runconfig import FIT_SCHEMA, _check_out, _load_data, load_labelled
 
     where = str(path)
-    try:
-        cfg = tomllib.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read search file {where!r}: {e}") from None
+    cfg = read_toml(path, "search file")
     try:
         for key in cfg:
             if key not in search_space.TOML_KEYS:

@@ -31,7 +31,7 @@ from .callbacks import (
 )
 from .checkpoint import TrainState
 from .data import Dataset, as_dataset, check_labels
-from .errors import ConfigError, TrainingError, warn
+from .errors import ConfigError, ModelDirError, TrainingError, warn
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune
 from .model import Model
 from .optimizers import OPTIMIZERS, OptimizerSpec
@@ -192,14 +192,18 @@ class Trainer:
         x, y = self._inputs(train, "train")
         xv, yv = self._inputs(val, "val") if val is not None else (None, None)
         cached = self.uses_feature_cache()
-        if self.batchnorm == "recalibrate" and not cached:
+        if self.batchnorm == "recalibrate" and bn.layers(
+            model, bn.trained_groups(self, self.epochs)
+        ):  # only a backbone with BatchNorm layers that train needs 2 examples
             bn.check_recalibration(len(y))
         st = TrainState.load(resume_from) if resume_from is not None else None
         if self.policy.peft is not None:
             model.add_peft(self.policy.peft)
         if st is not None:  # a checkpoint of another model is named before any step
             st.weights = wio.match(
-                st.weights, engine.param_shapes(), f"this model ({model.spec.name!r})"
+                st.weights,
+                engine.param_shapes(),
+                f"this model ({model.spec.name!r}) from the checkpoint {str(resume_from)!r}",
             )
             if st.epoch > self.epochs:
                 raise ConfigError(
@@ -207,7 +211,14 @@ class Trainer:
                     f"than epochs={self.epochs}; ask for at least {st.epoch}"
                 )
             engine.set_weights(st.weights)
-            self.rng.bit_generator.state = st.rng
+            try:
+                self.rng.bit_generator.state = st.rng
+            except (TypeError, ValueError, KeyError) as e:
+                raise ModelDirError(
+                    f"training checkpoint {str(resume_from)!r}: its random state is not a "
+                    f"numpy generator's ({type(e).__name__}: {e}); resume from another "
+                    "checkpoint or start again"
+                ) from None
             self.epoch, self.step, self.history = st.epoch, st.step, History(st.history)
         self.penalty = self._penalty(st)  # anchored before any step
         engine.set_scaling(self.scaling)  # batch_size stays the global batch
@@ -261,7 +272,7 @@ class Trainer:
                     plan = new_plan
                     engine.set_plan(plan, head_only=cached)
                     if st is not None:  # the optimizer state belongs to this first plan
-                        engine.load_training_state(st.optimizer)
+                        _restore(engine, st.optimizer, resume_from)
                         st = None
                 for cb in callbacks:
                     cb.on_epoch_begin(self, self.epoch)
@@ -386,3 +397,17 @@ def fit(model: Model, train: Dataset, val: Dataset | None = None, **options: Any
     history = trainer.fit(train, val, resume_from=resume_from)
     history.lr_finder = finder
     return history
+
+
+def _restore(engine: Any, state: dict[str, np.ndarray], path: Any) -> None:
+    """Put a checkpoint's optimizer and random state into the engine. What the engine
+    cannot take (a slot of another shape, a key of another model, a random state of
+    another length) comes from the file, so it is named as the checkpoint's fault."""
+    try:
+        engine.load_training_state(state)
+    except Exception as e:  # the engine's check or the framework's own error, on a file
+        raise ModelDirError(
+            f"training checkpoint {str(path)!r}: optimizer.safetensors does not fit this "
+            f"model's optimizer ({type(e).__name__}: {str(e)[:300]}); resume from another "
+            "checkpoint or start again"
+        ) from None

@@ -64,8 +64,10 @@ def match(
     expected: Mapping[str, tuple[int, ...]],
     what: str,
     ignore: tuple[str, ...] = (),
+    warn_cast: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Check names and shapes against an architecture; returns float32 arrays.
+    """Check names, shapes, dtypes and values against an architecture; returns float32
+    arrays.
 
     Raises :class:`WeightsError` listing missing names, unexpected names and shape
     mismatches (a few of each), so the user sees exactly what does not fit. ``ignore``:
@@ -94,4 +96,45 @@ def match(
                 more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:4])}{more}")
         raise WeightsError(f"weights do not match {what}: " + "; ".join(parts))
-    return {k: np.asarray(v, dtype=np.float32) for k, v in given.items()}
+    return _checked(given, what, warn_cast)
+
+
+def _checked(given: Mapping[str, np.ndarray], what: str, warn_cast: bool) -> dict[str, np.ndarray]:
+    """float32 copies of real-valued weights. Integer, boolean or complex tensors are
+    refused (coercing quantised or mask tensors would load nonsense silently); other
+    float widths are converted, with a warning naming them when ``warn_cast``; NaN or
+    infinity — in the file, or from a float64 value beyond float32's range — is refused."""
+    out, cast, odd, bad = {}, [], [], []
+    for k, v in given.items():
+        v = np.asarray(v)
+        if v.dtype.kind != "f":
+            odd.append(f"{k} ({v.dtype})")
+            continue
+        if v.dtype != np.float32:
+            cast.append(f"{k} ({v.dtype})")
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = v.astype(np.float32)
+        if not np.isfinite(a).all():
+            bad.append(k)
+        out[k] = a
+    if odd:
+        raise WeightsError(
+            f"weights for {what} must be floating point, but {', '.join(odd[:4])}"
+            f"{f' (+{len(odd) - 4} more)' if len(odd) > 4 else ''} are not; convert them to "
+            "float32 (quantised weights are not read)"
+        )
+    if bad:
+        raise WeightsError(
+            f"weights for {what} hold NaN or infinite values (or float64 values beyond "
+            f"float32's range) in {', '.join(bad[:4])}"
+            f"{f' (+{len(bad) - 4} more)' if len(bad) > 4 else ''}; the file is corrupt, or "
+            "the run that wrote it diverged"
+        )
+    if cast and warn_cast:
+        from .errors import warn
+
+        warn(
+            f"weights for {what}: converted to float32 from another float type: "
+            f"{', '.join(cast[:4])}{f' (+{len(cast) - 4} more)' if len(cast) > 4 else ''}"
+        )
+    return out

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from transferkit import BackboneSpec, WeightSource, hookimpl
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, WeightsError
 from transferkit.framework import Baseline, BuildOption, Framework
 from transferkit.options import DEVICE
 from transferkit_torch import ONNX, TORCH_EXPORT, TorchFramework
@@ -139,7 +139,13 @@ class HFFramework(Framework):
         where = Path(assets) if assets is not None else Path(name)
         local = (where / "config.json").is_file()
         if local:
-            config = json.loads((where / "config.json").read_text())
+            config = _local_config(where / "config.json")
+        elif where.is_dir():
+            raise ConfigError(
+                f"{str(where)!r} is a directory without a config.json, so not a Hugging Face "
+                "model directory; pass one written by save_pretrained (config.json, weights, "
+                "tokenizer), or a model id"
+            )
         else:
             self.ensure_installed()
             try:
@@ -185,6 +191,22 @@ class HFFramework(Framework):
         from .engine import build_engine
 
         return build_engine(spec, head, input_shape, seed, **options)
+
+
+def _local_config(path: Path) -> dict:
+    """A local model directory's ``config.json``, checked: a Hugging Face model names its
+    ``model_type``."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise WeightsError(f"{str(path)!r} is not a readable JSON config ({why})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ConfigError(
+            f"{str(path.parent)!r} is not a Hugging Face model directory: its config.json "
+            "names no model_type; pass a directory written by save_pretrained"
+        )
+    return config
 
 
 # all-MiniLM-L6-v2's config (BertModel, 6 layers, hidden 384), known without reading files.

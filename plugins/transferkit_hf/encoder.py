@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferkit.errors import ConfigError, WeightsError
+from transferkit.errors import ConfigError, TransferkitError, WeightsError
 
 POOLINGS = ("mean", "cls")
 
@@ -112,15 +112,36 @@ def load_encoder(
 @contextmanager
 def loading(source: str | Path, where: str) -> Iterator[None]:
     """Transformers' loading errors as transferkit's: a model neither local nor cached, a
-    model type the installed Transformers does not know."""
+    model type the installed Transformers does not know, a local directory (or a saved
+    model's ``assets/``) whose files are corrupt or incomplete."""
+    local = Path(where).is_dir()
     try:
         yield
-    except OSError as e:
-        raise not_found(str(source), e) from None
+    except TransferkitError:
+        raise
     except ValueError as e:
-        if "does not recognize" not in str(e):
+        if "does not recognize" in str(e) or "Unrecognized model" in str(e):
+            raise unknown_type(str(source), kind_of(where)) from None
+        if not local:
             raise
-        raise unknown_type(str(source), kind_of(where)) from None
+        raise corrupt(where, e) from None
+    except OSError as e:
+        if not local:
+            raise not_found(str(source), e) from None
+        raise corrupt(where, e) from None
+    except Exception as e:  # Transformers and tokenizers on a local directory's files
+        if not local:
+            raise
+        raise corrupt(where, e) from None
+
+
+def corrupt(where: str, error: Exception) -> WeightsError:
+    """The error for a local model directory whose files Transformers cannot read."""
+    return WeightsError(
+        f"cannot load the Hugging Face files in {where!r} ({type(error).__name__}: "
+        f"{str(error)[:300]}); they are corrupt or incomplete: save the model there again "
+        "(model.save_pretrained and tokenizer.save_pretrained, or tk's model.save)"
+    )
 
 
 def kind_of(where: str) -> str:
@@ -128,9 +149,11 @@ def kind_of(where: str) -> str:
     import json
 
     try:
-        return json.loads((Path(where) / "config.json").read_text()).get("model_type", "unknown")
-    except (OSError, ValueError):
+        config = json.loads((Path(where) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return "unknown"
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if isinstance(kind, str) else "unknown"
 
 
 def minilm_path() -> Path:

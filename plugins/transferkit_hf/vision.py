@@ -188,9 +188,13 @@ def read_processor(where: Path) -> dict:
             "AutoImageProcessor.from_pretrained(<model id>).save_pretrained(<this directory>)"
         )
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise WeightsError(f"{str(path)!r} is not valid JSON ({e})") from None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise WeightsError(f"{str(path)!r} is not valid JSON ({why})") from None
+    if not isinstance(doc, dict):
+        raise WeightsError(f"{str(path)!r} is not an image processor's settings (a JSON object)")
+    return doc
 
 
 def _encoder_class() -> type:

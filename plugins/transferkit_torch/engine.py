@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit import BackboneSpec, Engine, Head, OptimizerSpec
-from transferkit.errors import ConfigError, FrameworkNotInstalledError
+from transferkit.errors import ConfigError, FrameworkNotInstalledError, WeightsError
 from transferkit.heads import DenseLayer
 from transferkit.regularizers import Penalty
 from transferkit.scaling import Scaling, shard
@@ -463,8 +463,22 @@ class TorchEngine(Engine):
         return state
 
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
+        for key, value in state.items():  # every key and shape checked before any is set
+            if key.startswith("opt."):
+                name, _, slot = key[4:].rpartition(".")
+                if name not in self._named:
+                    raise WeightsError(f"{key!r}: this model has no parameter {name!r}")
+                want = () if slot == "step" else tuple(self._named[name].shape)
+                if tuple(np.shape(value)) != want:
+                    raise WeightsError(f"{key!r} has shape {np.shape(value)}, expected {want}")
         if "rng.torch" in state:
-            torch.set_rng_state(torch.from_numpy(np.asarray(state["rng.torch"], np.uint8)))
+            rng = np.asarray(state["rng.torch"])
+            want = torch.get_rng_state().shape
+            if rng.dtype != np.uint8 or rng.shape != tuple(want):
+                raise WeightsError(
+                    f"'rng.torch' is {rng.dtype} {rng.shape}, not torch's uint8 {tuple(want)}"
+                )
+            torch.set_rng_state(torch.from_numpy(rng.copy()))
         if self._scaler is not None and "amp.scale" in state:
             amp = self._scaler.state_dict()
             amp["scale"] = float(state["amp.scale"])

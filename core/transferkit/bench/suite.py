@@ -114,8 +114,9 @@ def load_suite(suite: str | Path | dict[str, Any]) -> Suite:
         )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read benchmark suite {str(path)!r}: {e}") from None
+    except (OSError, UnicodeDecodeError, RecursionError, tomllib.TOMLDecodeError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ConfigError(f"cannot read benchmark suite {str(path)!r}: {why}") from None
     return _parse(raw, str(path))
 
 

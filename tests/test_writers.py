@@ -200,7 +200,7 @@ def test_checkpoint_refuses_a_saved_model_and_extra_files(model, tmp_path):
     checkpoint_dir(model, tmp_path / "c")  # its own: replaced
     (tmp_path / "c" / "plot.png").write_bytes(b"png")
     before = snapshot(tmp_path)
-    with pytest.raises(OverwriteError, match="not a transferkit training checkpoint"):
+    with pytest.raises(OverwriteError, match="not a training checkpoint that transferkit wrote"):
         checkpoint_dir(model, tmp_path / "m")
     with pytest.raises(OverwriteError, match="'plot.png', which no checkpoint wrote"):
         checkpoint_dir(model, tmp_path / "c")

@@ -68,8 +68,9 @@ class TrainState:
             return
         if not is_checkpoint(path):
             raise OverwriteError(
-                f"checkpoint_dir {str(path)!r} exists and is not a transferkit training "
-                "checkpoint (a saved model or a user's directory, say); choose another directory"
+                f"checkpoint_dir {str(path)!r} exists and is not a training checkpoint that "
+                "transferkit wrote (a saved model or a user's directory, say); choose another "
+                "directory"
             )
         extra = owned.only(path, FILES)
         if extra:

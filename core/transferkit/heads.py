@@ -61,16 +61,18 @@ class Head:
         if dropout >= 1.0:
             raise ConfigError(f"{name}(dropout) must be in [0, 1), got {dropout}")
         object.__setattr__(self, "dropout", dropout)
-        self._check_size(1)  # the layers after the first are known without the backbone
+        self._check_size(None)  # the layers after the first are known without the backbone
 
-    def _check_size(self, feature_size: int) -> int:
-        widths = (feature_size, *self.hidden, self.outputs)
+    def _check_size(self, feature_size: int | None) -> int:
+        widths = (*(() if feature_size is None else (feature_size,)), *self.hidden, self.outputs)
         total = sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
         if total > MAX_PARAMETERS:
+            on = "" if feature_size is None else f" on {feature_size} features"
             raise ConfigError(
-                f"{type(self).__name__}(hidden={self.hidden!r}) on {feature_size} features has "
-                f"{total:,} parameters, over the {MAX_PARAMETERS:,} a head may have; use "
-                "smaller hidden layers (a few hundred units is usual)"
+                f"{type(self).__name__}(hidden={self.hidden!r}){on} has "
+                f"{'at least ' if feature_size is None else ''}{total:,} parameters, over the "
+                f"{MAX_PARAMETERS:,} a head may have; use smaller hidden layers (a few hundred "
+                "units is usual)"
             )
         return total
 

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import stat
+import tokenize
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -347,7 +348,10 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                         f"{info.compress_size} compressed: the archive is corrupt"
                     )
                 with z.open(info) as f:
-                    shape, dtype = _npy_header(f)
+                    try:
+                        shape, dtype = _npy_header(f)
+                    except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as e:
+                        raise ValueError(f"array {name!r} has a malformed .npy header ({e})")
                     header = f.tell()
                 if dtype.hasobject:
                     raise ValueError(f"array {name!r} holds Python objects, which are not read")
@@ -361,6 +365,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                     )
                 with z.open(info) as f:
                     out[name] = np.lib.format.read_array(f, allow_pickle=False)
+                if out[name].size != n:
+                    raise ValueError(f"array {name!r} is shorter than its header says")
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
         raise ValueError(f"the archive is corrupt ({type(e).__name__}: {e})") from None
     return out

@@ -132,6 +132,8 @@ class Ranking:
     def save(self, directory: str | Path) -> Path:
         """``rank.json``, ``rank.md`` and ``rank.png`` in ``directory``."""
         out = Path(directory)
+        for name in ("rank.json", "rank.md", "rank.png"):  # all refused before any is written
+            owned.check_file(out / name, "ranking report")
         out.mkdir(parents=True, exist_ok=True)
         self.to_json(out / "rank.json")
         owned.write_text(out / "rank.md", self.to_markdown() + "\n", "ranking report")

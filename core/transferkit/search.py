@@ -380,16 +380,11 @@ def _cell(value: Any) -> str:
     return "" if value is None else " ".join(str(value).split()).replace("|", "\\|")
 
 
-def search_from_toml(
-    path: str | Path, storage: str | None = None, verbose: int = 1
-) -> SearchResult:
-    """Run the search a TOML file describes (``storage`` overrides the file's): data (as
-    ``transferkit fit``'s), val, test, shots, metric, n_trials, cv ("auto", "none" or k),
-    seed, storage, study_name, timeout, out (gets the best model in out/model and
-    search.json, .md, .png), a ``[fixed]`` table and a ``[space]`` table, e.g.
-    ``lr = {low = 1e-4, high = 1e-1, log = true}``, ``freeze = ["features", "full"]``
-    (a list: a grid) or ``optimizer = {choices = ["adam", "sgd"]}``."""
-    from .runconfig import FIT_SCHEMA, _check_out, _load_data, load_labelled
+def read_search_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], Any, Path | None]:
+    """A search file read and checked before any data is read: (the file's table, the
+    space, the fixed options, the output directory). A :class:`ConfigError` names the
+    file and the key."""
+    from .runconfig import FIT_SCHEMA, _check_out
 
     where = str(path)
     cfg = read_toml(path, "search file")
@@ -408,8 +403,29 @@ def search_from_toml(
         space, fixed = search_space.from_toml_table(cfg.get("space", {})), cfg.get("fixed", {})
         search_space.parse(space, fixed)  # before any data is read
         out = Path(cfg["out"]) if cfg.get("out") else None
-        if out is not None:
+        if out is not None:  # refused now, not after the search
             _check_out(str(out / "model"))
+            for name in ("search.json", "search.md", "search.png"):
+                owned.check_file(out / name, "search report")
+    except ConfigError as e:  # the file named, whichever key was wrong
+        raise ConfigError(f"{where}: {e}") from None
+    return cfg, space, fixed, out
+
+
+def search_from_toml(
+    path: str | Path, storage: str | None = None, verbose: int = 1
+) -> SearchResult:
+    """Run the search a TOML file describes (``storage`` overrides the file's): data (as
+    ``transferkit fit``'s), val, test, shots, metric, n_trials, cv ("auto", "none" or k),
+    seed, storage, study_name, timeout, out (gets the best model in out/model and
+    search.json, .md, .png), a ``[fixed]`` table and a ``[space]`` table, e.g.
+    ``lr = {low = 1e-4, high = 1e-1, log = true}``, ``freeze = ["features", "full"]``
+    (a list: a grid) or ``optimizer = {choices = ["adam", "sgd"]}``."""
+    from .runconfig import _load_data, load_labelled
+
+    where = str(path)
+    cfg, space, fixed, out = read_search_file(path)
+    try:
         seed, cv = cfg.get("seed", 0), cfg.get("cv", "auto")
         result = search(
             _load_data(cfg["data"], cfg.get("shots"), seed)[0],

@@ -113,8 +113,23 @@ def oracle(tmp_path_factory):
 
 
 # --- mutations ---------------------------------------------------------------------------
-TOKENS = [b"\x00" * 8, b"\xff" * 8, b"9" * 40, b"-1", b"[" * 64, b'"', b"{", b"\n", b"\r\n",
-          b"\xe2\x80\xa8", b"\xc2\x85", b"NaN", b"1e999", b"\x80\x02", b"PK\x03\x04"]  # fmt: skip
+TOKENS = [
+    b"\x00" * 8,
+    b"\xff" * 8,
+    b"9" * 40,
+    b"-1",
+    b"[" * 64,
+    b'"',
+    b"{",
+    b"\n",
+    b"\r\n",
+    b"\xe2\x80\xa8",
+    b"\xc2\x85",
+    b"NaN",
+    b"1e999",
+    b"\x80\x02",
+    b"PK\x03\x04",
+]
 
 
 @st.composite
@@ -146,9 +161,11 @@ def mutated(draw, seed: bytes) -> bytes:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
 @st.composite
@@ -290,27 +307,28 @@ def test_pth_checkpoints(oracle, seeds, data):
 CHECKPOINT_FILES = ["state.json", "optimizer.safetensors", "weights.safetensors"]
 
 
-@fuzz()
-@given(data=st.data())
-def test_training_checkpoints(oracle, seeds, data):
+def _mutated_checkpoint(oracle, seeds, data) -> tuple[Path, int]:
+    """A copy of the seed checkpoint with one of its files mutated, and that file's size."""
     d = _copy(seeds["root"] / "ckpt", oracle.workdir() / "c")
     name = data.draw(st.sampled_from(CHECKPOINT_FILES))
     seed = (d / name).read_bytes()
     doc = json.loads(seed) if name.endswith(".json") else None
     raw = data.draw(json_mutated(doc) if doc is not None else mutated(seed))
     (d / name).write_bytes(raw)
-    oracle("checkpoint", TrainState.load, d, size=len(raw))
+    return d, len(raw)
+
+
+@fuzz()
+@given(data=st.data())
+def test_training_checkpoints(oracle, seeds, data):
+    d, size = _mutated_checkpoint(oracle, seeds, data)
+    oracle("checkpoint", TrainState.load, d, size=size)
 
 
 @fuzz(max(EXAMPLES // 3, 10))
 @given(data=st.data())
 def test_training_checkpoints_resumed(oracle, seeds, data):
-    d = _copy(seeds["root"] / "ckpt", oracle.workdir() / "c")
-    name = data.draw(st.sampled_from(CHECKPOINT_FILES))
-    seed = (d / name).read_bytes()
-    doc = json.loads(seed) if name.endswith(".json") else None
-    raw = data.draw(json_mutated(doc) if doc is not None else mutated(seed))
-    (d / name).write_bytes(raw)
+    d, _ = _mutated_checkpoint(oracle, seeds, data)
     model = tk.build("torch:mlp", head=tk.Classifier(2), weights=None)
     train = (seeds["x"], np.arange(6) % 2)
     oracle("checkpoint (resumed)", tk.fit, model, train, epochs=2, verbose=0, resume_from=d)
@@ -428,10 +446,36 @@ def test_export_sidecars(oracle, seeds, data):
     oracle("export sidecar", export.check_target, d / "m.onnx", fmt, size=len(raw))
 
 
-CLI_WORDS = ["predict", "export", "cache", "backbones", "plugins", "fit", "rank", "--data",
-             "--out", "--format", "--top-k", "--batch-size", "--dir", "--clear", "--json",
-             "--framework", "--config", "--tag", "-1", "0", "1e9", "nan", "x.csv", "",
-             "torch:cnn", "*", "onnx", "--help"]  # fmt: skip
+CLI_WORDS = [
+    "predict",
+    "export",
+    "cache",
+    "backbones",
+    "plugins",
+    "fit",
+    "rank",
+    "--data",
+    "--out",
+    "--format",
+    "--top-k",
+    "--batch-size",
+    "--dir",
+    "--clear",
+    "--json",
+    "--framework",
+    "--config",
+    "--tag",
+    "-1",
+    "0",
+    "1e9",
+    "nan",
+    "x.csv",
+    "",
+    "torch:cnn",
+    "*",
+    "onnx",
+    "--help",
+]
 
 
 @fuzz()

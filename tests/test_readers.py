@@ -141,7 +141,8 @@ def test_npz_headers_are_checked_against_the_file_size(tmp_path):
 
 
 def test_a_head_too_large_to_allocate_is_refused():
-    with pytest.raises(errors.ConfigError, match=r"has at least 1,000,003,000,002 parameters, over the 1,000,000,000"):
+    too_many = r"has at least 1,000,003,000,002 parameters, over the 1,000,000,000"
+    with pytest.raises(errors.ConfigError, match=too_many):
         tk.Classifier(2, hidden=(10**6, 10**6))
     pytest.importorskip("torch")
     with pytest.raises(errors.ConfigError, match="on 1280 features has"):
@@ -277,12 +278,14 @@ def _checkpoint(tmp_path):
     "mutate, match",
     [
         (lambda o: {**o, "opt.head.out.weight.bogus": np.zeros(3, np.float32)}, "bogus"),
-        (lambda o: {k: np.zeros(7, np.float32) if "exp_avg" in k else v for k, v in o.items()},
-         "has shape"),
+        (
+            lambda o: {k: np.zeros(7, np.float32) if "exp_avg" in k else v for k, v in o.items()},
+            "has shape",
+        ),
         (lambda o: {**o, "rng.torch": np.zeros(3, np.uint8)}, "rng.torch"),
         (lambda o: {**o, "opt.nowhere.exp_avg": np.zeros(3, np.float32)}, "no parameter"),
     ],
-)  # fmt: skip
+)
 def test_a_corrupt_optimizer_state_names_the_checkpoint(tmp_path, mutate, match):
     pytest.importorskip("torch")
     data = _checkpoint(tmp_path)

@@ -25,14 +25,8 @@ def is_checkpoint(path: Path) -> bool:
     """Proof that transferkit wrote the directory: a regular ``state.json`` with the
     checkpoint's ``format`` field (or, written before that field, all of its own keys)
     beside the weights file."""
-    state = path / STATE_FILE
-    try:
-        if state.is_symlink() or not state.is_file() or state.stat().st_size > 64 << 20:
-            return False
-        doc = json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    if not isinstance(doc, dict):
+    doc = owned.read_json(path / STATE_FILE, 64 << 20)
+    if doc is None:
         return False
     legacy = "format" not in doc and {"epoch", "step", "rng", "history"} <= set(doc)
     return (doc.get("format") == FORMAT or legacy) and (path / "weights.safetensors").is_file()

@@ -208,14 +208,8 @@ def _previous(path: Path, directory: bool) -> dict[str, Any] | None:
     None. The proof: the sidecar names the file and records the SHA-256 of its bytes, and
     the file still has them (a user's JSON does not hold the digest of the file beside
     it; an export changed since is no longer transferkit's to replace)."""
-    side = sidecar(path)
-    try:
-        if side.is_symlink() or not side.is_file() or side.stat().st_size > 1 << 20:
-            return None
-        doc = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(doc, dict) or doc.get("file") != path.name:
+    doc = owned.read_json(sidecar(path))
+    if doc is None or doc.get("file") != path.name:
         return None
     if directory != path.is_dir() or doc.get("sha256") is None:
         return None

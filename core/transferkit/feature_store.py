@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from . import owned
 from .errors import CacheError, warn
 from .lazy import is_lazy
 
 VERSION = 1
 META = "meta.json"
 DATA = "features.npy"
-#: an entry's record is a key and a few numbers: one much larger is not ours
-_META_MAX = 1 << 20
 
 
 def home() -> Path:
@@ -95,14 +94,8 @@ def _checksum(path: Path) -> str:
 
 def _meta(entry: Path) -> dict[str, Any] | None:
     """An entry's record, or None when it is missing or not a record of ours."""
-    path = entry / META
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > _META_MAX:
-            return None
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+    meta = owned.read_json(entry / META)
+    if meta is None or not isinstance(meta.get("key"), dict):
         return None
     k = meta["key"]
     if not isinstance(k.get("backbone"), str) or k.get("version") != VERSION:

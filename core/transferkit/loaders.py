@@ -351,7 +351,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                     try:
                         shape, dtype = _npy_header(f)
                     except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as e:
-                        raise ValueError(f"array {name!r} has a malformed .npy header ({e})")
+                        msg = f"array {name!r} has a malformed .npy header ({e})"
+                        raise ValueError(msg) from None
                     header = f.tell()
                 if dtype.hasobject:
                     raise ValueError(f"array {name!r} holds Python objects, which are not read")

@@ -37,15 +37,22 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _record(directory: Path) -> dict[str, str]:
-    path = directory / RECORD
+def read_json(path: Path, max_bytes: int = _RECORD_MAX) -> dict | None:
+    """A small JSON object that transferkit may have written (a proof of authorship), or
+    None when ``path`` is no regular file, is larger than ``max_bytes``, or holds anything
+    but a readable JSON object: the caller then proves nothing and replaces nothing."""
     try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > _RECORD_MAX:
-            return {}
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > max_bytes:
+            return None
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
-        return {}
-    files = doc.get("files") if isinstance(doc, dict) else None
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _record(directory: Path) -> dict[str, str]:
+    doc = read_json(directory / RECORD)
+    files = doc.get("files") if doc is not None else None
     if not isinstance(files, dict):
         return {}
     return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
@@ -140,19 +147,6 @@ def record(*paths: Path) -> None:
         known = _record(directory)
         known.update({p.name: digest(p) for p in files})
         _write_record(directory, known)
-
-
-def forget(*paths: Path) -> None:
-    """Drop ``paths`` from the record (transferkit removed them)."""
-    by_dir: dict[Path, list[Path]] = {}
-    for p in paths:
-        by_dir.setdefault(p.parent, []).append(p)
-    for directory, files in by_dir.items():
-        known = _record(directory)
-        if any(p.name in known for p in files):
-            for p in files:
-                known.pop(p.name, None)
-            _write_record(directory, known)
 
 
 def only(directory: Path, allowed: Iterable[str]) -> list[str]:

@@ -45,14 +45,8 @@ def is_model_dir(path: Path) -> bool:
     """Proof that transferkit wrote the directory: its ``config.json`` is a regular file
     holding transferkit's ``format`` field (a Hugging Face or Keras ``config.json`` has
     none)."""
-    cfg = path / CONFIG_FILE
-    try:
-        if cfg.is_symlink() or not cfg.is_file() or cfg.stat().st_size > 1 << 20:
-            return False
-        doc = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == FORMAT
+    doc = owned.read_json(path / CONFIG_FILE)
+    return doc is not None and doc.get("format") == FORMAT
 
 
 def check_target(target: Path) -> None:

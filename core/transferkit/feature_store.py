@@ -32,6 +32,7 @@ import numpy as np
 from . import owned
 from .errors import CacheError, warn
 from .lazy import is_lazy
+from .loaders import npy_header_fits
 
 VERSION = 1
 META = "meta.json"
@@ -126,6 +127,8 @@ def _read(entry: Path, k: dict[str, Any], n: int) -> np.ndarray | None:
     no longer hashes to the recorded checksum) or not this key's."""
     meta = _meta(entry)
     if meta is None or meta.get("key") != k or meta.get("complete") is not True:
+        return None
+    if not npy_header_fits(entry / DATA):
         return None
     try:
         feats = np.load(entry / DATA, mmap_mode="r", allow_pickle=False)

@@ -37,13 +37,37 @@ def regular(path: Path) -> None:
         raise OSError(f"{str(path)!r} is {kind}, not a regular file")
 
 
-def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image  # pillow comes with matplotlib; imported only here
+#: decoded pixels an image may have per byte of its file (deflate expands at most ~1032-fold)
+#: and whatever its size (2 Mpx); more is a decompression bomb, refused before decoding
+PIXELS_PER_BYTE, MIN_PIXELS = 1100, 1 << 21
 
-    from .preprocess import resize
+
+def _check_pixels(path: Path, w: int, h: int) -> None:
+    size = os.stat(path).st_size
+    if w * h > max(MIN_PIXELS, PIXELS_PER_BYTE * size):
+        raise OSError(
+            f"it declares {w}x{h} pixels in {size:,} bytes, more than any real image of that "
+            "size decodes to (a decompression bomb)"
+        )
+
+
+def _open(path: Path) -> Any:
+    """A PIL image of ``path`` (pillow comes with matplotlib; imported only here), decoded
+    from its bytes in memory: PIL reads some chunks by the length their header declares (a
+    PNG's IDAT), which from a file object allocates that length up front, so 300 crafted
+    bytes could ask for gigabytes."""
+    from PIL import Image
 
     regular(path)
-    with Image.open(path) as im:
+    im = Image.open(io.BytesIO(path.read_bytes()))
+    _check_pixels(path, *im.size)
+    return im
+
+
+def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    from .preprocess import resize
+
+    with _open(path) as im:
         arr = _rgb01(im)
     return resize(arr[None], size)[0] if size is not None else arr
 
@@ -58,6 +82,7 @@ def _probe(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         w, h = im.size
         fmt = im.format
+    _check_pixels(path, w, h)
     if fmt in ("JPEG", "PNG"):
         with open(path, "rb") as f:
             f.seek(max(0, path.stat().st_size - 1024))
@@ -65,7 +90,7 @@ def _probe(path: Path) -> tuple[int, int]:
         if (b"\xff\xd9" if fmt == "JPEG" else b"IEND") not in tail:
             # no end marker near the end: cut short, or data appended after the image
             # (camera files do that); decoding it decides
-            with Image.open(path) as im:
+            with _open(path) as im:
                 try:
                     im.load()
                 except OSError as e:
@@ -309,11 +334,28 @@ def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
     version = fmt.read_magic(f)
     if version == (1, 0):
         shape, _, dtype = fmt.read_array_header_1_0(f)
-    elif version == (2, 0):
+    elif version in ((2, 0), (3, 0)):  # 3.0: 2.0's layout with a UTF-8 header
         shape, _, dtype = fmt.read_array_header_2_0(f)
     else:
-        shape, _, dtype = fmt._read_array_header(f, version)
+        raise ValueError(f"unknown .npy format version {version}")
     return shape, dtype
+
+
+def npy_header_fits(path: Path) -> bool:
+    """Whether an ``.npy`` file's declared header length fits in the file. numpy reads a
+    header by the length it declares, allocating it before checking it, so a flipped
+    byte there could ask for gigabytes."""
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if len(head) < 10 or head[:6] != b"\x93NUMPY":
+        return False
+    if head[6] == 1:
+        return int.from_bytes(head[8:10], "little") <= size - 10
+    return len(head) == 12 and int.from_bytes(head[8:12], "little") <= size - 12
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -213,7 +213,7 @@ class Trainer:
             engine.set_weights(st.weights)
             try:
                 self.rng.bit_generator.state = st.rng
-            except (TypeError, ValueError, KeyError) as e:
+            except (TypeError, ValueError, KeyError, OverflowError) as e:
                 raise ModelDirError(
                     f"training checkpoint {str(resume_from)!r}: its random state is not a "
                     f"numpy generator's ({type(e).__name__}: {e}); resume from another "

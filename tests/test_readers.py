@@ -3,6 +3,7 @@ a few crafted bytes or recurses without bound, and every malformed file or value
 fuzzing is a transferkit error naming the file, the field and what to do (or is read
 correctly)."""
 
+import contextlib
 import json
 import os
 import struct
@@ -371,3 +372,80 @@ def test_hugging_face_directories_without_a_model(tmp_path, tiny_bert):
     tok.write_text("{not json")
     with pytest.raises(errors.TransferkitError, match="corrupt or incomplete"):
         tk.load(tmp_path / "m")
+
+
+# --- found by the fuzz suite ---------------------------------------------------------------
+def _png_bytes(w=8, h=8):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_png_chunk_length_cannot_allocate_its_claim(tmp_path):
+    raw = bytearray(_png_bytes())
+    i = raw.index(b"IDAT") - 4
+    raw[i : i + 4] = (128 << 20).to_bytes(4, "big")  # the IDAT claims 128 MiB
+    (tmp_path / "x.png").write_bytes(bytes(raw))
+    import tracemalloc
+
+    from transferkit.loaders import _read_image
+
+    tracemalloc.start()
+    with contextlib.suppress(OSError):  # a truncated image: PIL's own word
+        _read_image(tmp_path / "x.png", None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_an_image_declaring_more_pixels_than_its_bytes_can_hold(tmp_path):
+    raw = bytearray(_png_bytes())
+    i = raw.index(b"IHDR") + 4
+    raw[i : i + 8] = (8_000).to_bytes(4, "big") * 2  # 64 Mpx declared in ~100 bytes
+    import zlib
+
+    raw[i + 13 : i + 17] = zlib.crc32(bytes(raw[i - 4 : i + 13])).to_bytes(4, "big")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(bytes(raw))
+    (tmp_path / "a" / "y.png").write_bytes(_png_bytes())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z.png").write_bytes(_png_bytes())
+    with pytest.warns(UserWarning, match="declares 8000x8000 pixels in .* decompression bomb"):
+        data = image_folder(tmp_path, lazy=False)
+    assert len(data) == 2
+
+
+def test_a_cached_npy_header_length_cannot_allocate_its_claim(tmp_path):
+    pytest.importorskip("torch")
+    m = tk.build("torch:cnn", head=tk.Classifier(2), weights=None)
+    x = np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32)
+    good = np.array(feature_store.features(m, x, tmp_path))
+    [entry] = feature_store.entries(tmp_path)
+    data = tmp_path / entry["entry"] / "features.npy"
+    raw = bytearray(data.read_bytes())
+    raw[6:12] = b"\x03\x00" + (600 << 20).to_bytes(4, "little")  # a 600 MiB header
+    data.write_bytes(bytes(raw))
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.warns(UserWarning, match="incomplete or corrupt; rebuilding"):
+        again = np.array(feature_store.features(m, x, tmp_path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(again, good)
+    assert peak < 64 << 20
+
+
+def test_a_random_state_too_large_for_numpy_names_the_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    data = _checkpoint(tmp_path)
+    state = json.loads((tmp_path / "c" / "state.json").read_text())
+    state["rng"]["state"]["state"] = 10**80
+    (tmp_path / "c" / "state.json").write_text(json.dumps(state))
+    m = tk.build("torch:mlp", head=tk.Classifier(2), weights=None)
+    with pytest.raises(errors.ModelDirError, match="its random state is not a numpy"):
+        tk.fit(m, data, epochs=2, verbose=0, resume_from=tmp_path / "c")

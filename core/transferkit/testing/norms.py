@@ -9,7 +9,7 @@ import pytest
 
 import transferkit as tk
 
-from .subject import Subject, sgd_pair
+from .subject import Subject, floor_tolerance, sgd_pair
 
 MODES = ("train", "frozen", "recalibrate")
 
@@ -41,10 +41,14 @@ class BatchNormConformance:
     @pytest.mark.parametrize("mode", MODES)
     def test_batchnorm_modes_match_the_reference(self, subject: Subject, tmp_path, mode):
         # SGD, 2 epochs of 3 batches on 8x8 images (1x1 maps in the last stages): the
-        # running statistics and every weight agree with the reference realisation
-        a, b = sgd_pair(subject, tmp_path, subject.inputs(12, seed=4), 2, mode)
+        # running statistics and every weight agree with the reference realisation within
+        # 1e-5, or within 3x the reference's own chaos floor where that is larger: the
+        # variance of 4 values on a 1x1 map after 6 steps moves by 1.6e-5 in PyTorch itself
+        # when its inputs move by one rounding (measured on a 2-core x86 machine)
+        a, b, c = sgd_pair(subject, tmp_path, subject.inputs(12, seed=4), 2, mode, control=True)
+        tolerance = floor_tolerance(a, c, 1e-5, 3.0)
         for k in a:
-            np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
+            np.testing.assert_allclose(b[k], a[k], atol=tolerance[k], rtol=0, err_msg=k)
 
     def test_frozen_batchnorm_learns_scale_and_shift_only(self, subject: Subject, examples):
         x, y = examples

@@ -237,20 +237,40 @@ def reference_pair(
 
 
 def sgd_pair(
-    subject: Subject, tmp_path: Path, x: Any, epochs: int, batchnorm: str
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    subject: Subject, tmp_path: Path, x: Any, epochs: int, batchnorm: str, control: bool = False
+) -> tuple[dict[str, np.ndarray], ...]:
     """The reference realisation and the subject, from the same weights, after plain SGD
     (lr 1e-2, batches of 4, no momentum) on ``x`` in 3 classes; images at 8x8, where the
-    last stages see 1x1 feature maps. Their weights, BatchNorm statistics included."""
+    last stages see 1x1 feature maps. Their weights, BatchNorm statistics included.
+
+    ``control=True`` adds a third: the reference again, from the same weights, on ``x``
+    times ``1 + 1e-7`` (a rounding's worth). How far it moves from the reference is the
+    reference's own float32 sensitivity on this trajectory, its chaos floor: no realisation
+    can be asked to agree more closely than that (:func:`floor_tolerance`)."""
     small = None
     if subject.spec.input_kind == "image" and subject.spec.resizable:
         small = (8, 8, subject.spec.input_shape[-1])
     y = np.arange(len(x)) % 3
     ref, model = reference_pair(subject, tk.Classifier(3), tmp_path, input_shape=small)
-    for m in (ref, model):
+    runs = [(ref, x), (model, x)]
+    if control:
+        twin = tk.build(ref.spec.name, head=ref.head, weights=None, input_shape=ref.input_shape)
+        twin.set_weights(ref.get_weights())
+        runs.append((twin, (np.asarray(x, np.float32) * np.float32(1 + 1e-7))))
+    for m, data in runs:
         tk.fit(
-            m, tk.Dataset(x, y), epochs=epochs, batch_size=4, lr=1e-2, seed=0, verbose=0,
+            m, tk.Dataset(data, y), epochs=epochs, batch_size=4, lr=1e-2, seed=0, verbose=0,
             optimizer="sgd", momentum=0.0, schedule="constant", freeze=subject.policy(),
             batchnorm=batchnorm,
         )  # fmt: skip
-    return ref.get_weights(), model.get_weights()
+    return tuple(m.get_weights() for m, _ in runs)
+
+
+def floor_tolerance(
+    reference: dict[str, np.ndarray], control: dict[str, np.ndarray], least: float, factor: float
+) -> dict[str, float]:
+    """Per weight: ``least``, or ``factor`` times how far the reference's own control run
+    moved (:func:`sgd_pair` with ``control=True``), whichever is larger."""
+    return {
+        k: max(least, factor * float(np.max(np.abs(control[k] - v)))) for k, v in reference.items()
+    }

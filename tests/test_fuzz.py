@@ -328,7 +328,7 @@ def test_training_checkpoints(oracle, seeds, data):
     oracle("checkpoint", TrainState.load, d, size=size)
 
 
-@fuzz(max(EXAMPLES // 3, 10))
+@fuzz()
 @given(data=st.data())
 def test_training_checkpoints_resumed(oracle, seeds, data):
     d, _ = _mutated_checkpoint(oracle, seeds, data)

@@ -449,3 +449,31 @@ def test_a_random_state_too_large_for_numpy_names_the_checkpoint(tmp_path):
     m = tk.build("torch:mlp", head=tk.Classifier(2), weights=None)
     with pytest.raises(errors.ModelDirError, match="its random state is not a numpy"):
         tk.fit(m, data, epochs=2, verbose=0, resume_from=tmp_path / "c")
+
+
+def test_string_labels_keep_their_names_through_fit_save_and_load(tmp_path):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 8, 8, 1), dtype=np.float32)
+    names = np.array(["dog", "cat", "emu"] * 4)
+    m = tk.build("torch:mlp", head=tk.Classifier(3), weights=None)
+    tk.fit(m, tk.Dataset(x, names), epochs=1, verbose=0)
+    assert m.classes == ["cat", "dog", "emu"]  # sorted, as scikit-learn's LabelEncoder
+    labels = m.predict(x, output="labels")
+    assert set(labels) <= {"cat", "dog", "emu"}
+    m.save(tmp_path / "m")
+    assert list(tk.load(tmp_path / "m").predict(x, output="labels")) == list(labels)
+    with pytest.raises(errors.LabelError, match=r"has 3 classes .* head has 2 outputs"):
+        tk.fit(tk.build("torch:mlp", head=tk.Classifier(2), weights=None), tk.Dataset(x, names))
+
+
+def test_an_optimizer_state_missing_a_slot_names_the_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    data = _checkpoint(tmp_path)
+    opt = wio.read(tmp_path / "c" / "optimizer.safetensors")
+    [key] = [k for k in opt if k.endswith("head.out.weight.exp_avg")]
+    opt[key.replace("exp_avg", "exp_avx")] = opt.pop(key)
+    wio.save(opt, tmp_path / "c" / "optimizer.safetensors")
+    m = tk.build("torch:mlp", head=tk.Classifier(2), weights=None)
+    with pytest.raises(errors.ModelDirError, match="holds .*'exp_avx'.* this optimizer keeps"):
+        tk.fit(m, data, epochs=2, verbose=0, resume_from=tmp_path / "c")

@@ -31,7 +31,7 @@ from .callbacks import (
 )
 from .checkpoint import TrainState
 from .data import Dataset, as_dataset, check_labels
-from .errors import ConfigError, ModelDirError, TrainingError, warn
+from .errors import ConfigError, LabelError, ModelDirError, TrainingError, warn
 from .freeze import FeatureExtraction, FreezePolicy, FullFineTune
 from .model import Model
 from .optimizers import OPTIMIZERS, OptimizerSpec
@@ -179,10 +179,33 @@ class Trainer:
     def _inputs(self, data: Any, what: str) -> tuple[Any, np.ndarray]:
         data = as_dataset(data, what)
         self.model.check(data.x, f"{what}.x")
+        names = self._check_classes(data.classes) if what == "train" else None
         y = check_labels(
             data.y, len(data), self.model.head.task, self.model.head.outputs, f"{what}.y"
         )
+        if names is not None:
+            self.model.classes = names
         return data.x, y
+
+    def _check_classes(self, names: list[str] | None) -> list[str] | None:
+        """The training data's class names (a Dataset's, an image folder's, string labels'
+        in sorted order) become the model's, so predictions, saves and exports name them;
+        names that contradict the head or the model's own are an error."""
+        model = self.model
+        if names is None or model.head.task != "classification":
+            return None
+        if len(names) != model.head.outputs:
+            raise LabelError(
+                f"the training data has {len(names)} classes ({', '.join(names[:5])}"
+                f"{' ...' if len(names) > 5 else ''}) but the head has {model.head.outputs} "
+                f"outputs; build the model with tk.Classifier({len(names)})"
+            )
+        if model.classes is not None and list(model.classes) != list(names):
+            raise LabelError(
+                f"the training data's classes {names[:5]} are not the model's "
+                f"{list(model.classes)[:5]}; relabel the data or build a new model"
+            )
+        return list(names)
 
     def fit(
         self, train: Dataset, val: Dataset | None = None, resume_from: str | Path | None = None

@@ -462,7 +462,16 @@ class TorchEngine(Engine):
                 state[f"opt.{name}.{key}"] = torch.as_tensor(value).detach().cpu().numpy().copy()
         return state
 
+    def _slots(self) -> set[str]:
+        """The per-parameter state this optimizer keeps once it has taken a step."""
+        groups = self.optimizer.param_groups
+        if isinstance(self.optimizer, torch.optim.SGD):
+            return {"momentum_buffer"} if any(g.get("momentum") for g in groups) else set()
+        amsgrad = any(g.get("amsgrad") for g in groups)
+        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
+
     def load_training_state(self, state: Mapping[str, np.ndarray]) -> None:
+        slots: dict[str, set[str]] = {}
         for key, value in state.items():  # every key and shape checked before any is set
             if key.startswith("opt."):
                 name, _, slot = key[4:].rpartition(".")
@@ -471,6 +480,14 @@ class TorchEngine(Engine):
                 want = () if slot == "step" else tuple(self._named[name].shape)
                 if tuple(np.shape(value)) != want:
                     raise WeightsError(f"{key!r} has shape {np.shape(value)}, expected {want}")
+                slots.setdefault(name, set()).add(slot)
+        expected = self._slots()
+        for name, found in slots.items():
+            if found != expected:
+                raise WeightsError(
+                    f"the optimizer state of {name!r} holds {sorted(found)}, but this "
+                    f"optimizer keeps {sorted(expected)}"
+                )
         if "rng.torch" in state:
             rng = np.asarray(state["rng.torch"])
             want = torch.get_rng_state().shape

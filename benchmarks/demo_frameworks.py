@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from framework_accuracy import spread_row, spreads
 
-from transferkit import demo
+from transferkit import demo, owned
 from transferkit.bench.report import write_study
 
 
@@ -113,7 +113,7 @@ def main() -> None:
     write_study(a.out, "demo_frameworks", {"table": table, **result}, text)
     demo_md = demo.table(result["rows"], result["shots"], result["seeds"])
     demo_md += "\n\n" + "\n".join(demo.verdict(result["rows"], result["shots"]))
-    (Path(a.out) / "demo_table.md").write_text(demo_md + "\n")
+    owned.write_text(Path(a.out) / "demo_table.md", demo_md + "\n", "benchmark result")
     print(demo_md)
     print("between frameworks vs seeds (sd):", np.mean([t["sd_frameworks"] for t in table]),
           np.mean([t["sd_seeds"] for t in table]))  # fmt: skip

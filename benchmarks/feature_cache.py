@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import transferkit as tk
+from transferkit import owned
 from transferkit.bench.stats import median
 
 CASES = {
@@ -122,7 +123,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     # cases measured earlier (by other commands) stay in the file
     earlier = json.loads(out.read_text())["results"] if out.is_file() else {}
-    out.write_text(
+    owned.write_text(
+        out,
         json.dumps(
             {
                 "benchmark": "feature_cache",
@@ -133,7 +135,8 @@ def main() -> None:
                 "results": {**earlier, **results},
             },
             indent=2,
-        )
+        ),
+        "benchmark result",
     )
     print(f"wrote {args.out}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit import owned
 from transferkit.bench.stats import quartiles
 
 
@@ -154,7 +155,7 @@ def main() -> None:
         print(f"{k:14}{r['median_ms']:>16.2f}{r['iqr_ms']:>8.2f}{r['compile_s']:>11.2f}")
     print(f"ratio transferkit / hand-written: {result['ratio']:.3f}")
     out = Path(__file__).parent / "results" / "flax_step_overhead.json"
-    out.write_text(json.dumps(result, indent=2))
+    owned.write_text(out, json.dumps(result, indent=2), "benchmark result")
 
 
 if __name__ == "__main__":

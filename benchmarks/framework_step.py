@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit import owned
 from transferkit.bench.stats import quartiles
 
 
@@ -95,7 +96,7 @@ def main() -> None:
             f"{args.batch / med * 1e3:>11.0f}"
         )
     out = Path(__file__).parent / "results" / f"framework_step_{args.arch}.json"
-    out.write_text(json.dumps(result, indent=2))
+    owned.write_text(out, json.dumps(result, indent=2), "benchmark result")
 
 
 if __name__ == "__main__":

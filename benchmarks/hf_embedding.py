@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import transferkit as tk
+from transferkit import owned
 from transferkit.bench.stats import median, pair_ratio, ratio_of_medians
 
 
@@ -113,7 +114,7 @@ def main() -> None:
         f"features max abs diff {max_diff:.1e}"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    owned.write_text(Path(args.out), json.dumps(result, indent=2), "benchmark result")
     print(f"wrote {args.out}")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit import owned
 from transferkit.bench.stats import median, quartiles
 
 RESULTS = Path(__file__).parent / "results"
@@ -175,7 +176,8 @@ def main() -> None:
             f"{o['ratio']:>8.3f}{r['resnet18']['median_ms']:>11.1f}"
         )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "keras_step_overhead.json").write_text(
+    owned.write_text(
+        RESULTS / "keras_step_overhead.json",
         json.dumps(
             {
                 "benchmark": "keras_step_overhead",
@@ -185,9 +187,11 @@ def main() -> None:
                 "backends": {b: r["overhead"] | {"keras": r["keras"]} for b, r in results.items()},
             },
             indent=2,
-        )
+        ),
+        "benchmark result",
     )
-    (RESULTS / "keras_step_resnet18.json").write_text(
+    owned.write_text(
+        RESULTS / "keras_step_resnet18.json",
         json.dumps(
             {
                 "benchmark": "keras_step_resnet18",
@@ -197,7 +201,8 @@ def main() -> None:
                 "backends": {b: r["resnet18"] for b, r in results.items()},
             },
             indent=2,
-        )
+        ),
+        "benchmark result",
     )
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit import owned
+
 BATCH = 64
 LR = 1e-3
 VARIANTS = {  # framework variant -> (backbone prefix, environment)
@@ -265,8 +267,10 @@ def main() -> None:
     result.update(machine=machine(), seconds=round(time.time() - t0, 1))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"scaling_{a.part}.json").write_text(json.dumps(result, indent=2))
-    (out / f"scaling_{a.part}.md").write_text(table(result) + "\n")
+    owned.write_text(
+        out / f"scaling_{a.part}.json", json.dumps(result, indent=2), "benchmark result"
+    )
+    owned.write_text(out / f"scaling_{a.part}.md", table(result) + "\n", "benchmark result")
     print(table(result))
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit import owned
 from transferkit.bench.stats import pair_ratio, quartiles, ratio_of_medians
 
 BATCH = 64
@@ -250,7 +251,7 @@ def main() -> None:
     )
     out = Path(__file__).parent / "results" / "torch_step_overhead.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    owned.write_text(out, json.dumps(result, indent=2), "benchmark result")
 
 
 if __name__ == "__main__":

@@ -477,3 +477,19 @@ def test_an_optimizer_state_missing_a_slot_names_the_checkpoint(tmp_path):
     m = tk.build("torch:mlp", head=tk.Classifier(2), weights=None)
     with pytest.raises(errors.ModelDirError, match="holds .*'exp_avx'.* this optimizer keeps"):
         tk.fit(m, data, epochs=2, verbose=0, resume_from=tmp_path / "c")
+
+
+def test_npz_sizes_past_the_end_of_the_file_are_refused(tmp_path):
+    import tracemalloc
+
+    np.savez(tmp_path / "ok.npz", x=np.zeros(4, np.float32))
+    raw = bytearray((tmp_path / "ok.npz").read_bytes())
+    cd = raw.rindex(b"PK\x01\x02")  # the central directory's entry: sizes at +20 and +24
+    raw[cd + 20 : cd + 28] = (0xFFFF0000).to_bytes(4, "little") * 2
+    (tmp_path / "big.npz").write_bytes(bytes(raw))
+    tracemalloc.start()
+    with pytest.raises(errors.InputDTypeError, match="past the end of the"):
+        load_npz(tmp_path / "big.npz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20

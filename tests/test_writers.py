@@ -400,3 +400,31 @@ def test_search_storage_refuses_a_database_that_is_not_optunas(tmp_path):
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'ok.db'}", study_name="s")
     check_storage(f"sqlite:///{tmp_path / 'ok.db'}")  # an Optuna storage: accepted
     check_storage(f"sqlite:///{tmp_path / 'new.db'}")  # a new file: accepted
+
+
+def test_fit_out_twice_replaces_its_own_model_directory(tmp_path, capsys):
+    args = ["fit", "--backbone", "torch:mlp", "--data", "builtin:digits", "--epochs", "1"]
+    args += ["--out", str(tmp_path / "m")]
+    assert main(args) == 0
+    assert (tmp_path / "m" / "history.csv").is_file()  # fit writes it beside the model
+    assert main(args) == 0, capsys.readouterr().err
+
+
+def test_an_unreadable_record_is_left_as_it_is(tmp_path):
+    (tmp_path / owned.RECORD).write_text("{not json")
+    owned.write_text(tmp_path / "a.md", "one", "report")
+    assert (tmp_path / owned.RECORD).read_text() == "{not json"  # no proof dropped
+    with pytest.raises(OverwriteError, match="transferkit did not write it"):
+        owned.write_text(tmp_path / "a.md", "two", "report")  # unproven: refused
+    assert (tmp_path / "a.md").read_text() == "one"
+
+
+def test_search_storage_refuses_an_application_database_with_a_trials_table(tmp_path):
+    pytest.importorskip("optuna")
+    from transferkit.search import check_storage
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as c:
+        c.execute("CREATE TABLE trials (id INTEGER)")
+        c.commit()
+    with pytest.raises(OverwriteError, match="a SQLite database of other tables"):
+        check_storage(f"sqlite:///{tmp_path / 'app.db'}")

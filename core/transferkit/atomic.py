@@ -93,9 +93,10 @@ def recover(target: str | Path, marker: str) -> bool:
 
 
 def _alive_other(path: Path) -> bool:
-    """A temporary that another live process is still writing or swapping."""
+    """A temporary that another live process is still writing or swapping, or one whose
+    name transferkit did not make (no pid in it): either way not this process's to take."""
     pid = _pid(path)
-    return pid != os.getpid() and _alive(pid)
+    return pid <= 0 or (pid != os.getpid() and _alive(pid))
 
 
 def clean(target: str | Path, marker: str) -> None:
@@ -152,6 +153,8 @@ def write_dir(
             if f.is_file():
                 _fsync(f)
         _step("filled")
+        if check_target is not None:
+            check_target(target)  # nothing of a user's arrived while fill() ran
         if target.exists():
             os.replace(target, old)
             _step("moved-old")

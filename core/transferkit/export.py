@@ -242,13 +242,20 @@ def check_target(path: Path, fmt: ExportFormat) -> dict[str, Any] | None:
             "another path"
         )
     tok = tokenizer_path(path)
-    ours_tok = previous is not None and (previous.get("input") or {}).get("tokenizer") == tok.name
-    if (tok.exists() or tok.is_symlink()) and not (ours_tok and tok.is_dir()):
+    if (tok.exists() or tok.is_symlink()) and not _ours_tokenizer(previous, tok):
         raise OverwriteError(
             f"{str(tok)!r} exists and no transferkit export wrote it; a text model's export "
             "keeps its tokenizer there: move it away or choose another path"
         )
     return previous
+
+
+def _ours_tokenizer(previous: dict[str, Any] | None, tok: Path) -> bool:
+    """The earlier export's tokenizer directory, unchanged since (its digest recorded)."""
+    if previous is None or tok.is_symlink() or not tok.is_dir():
+        return False
+    named = isinstance(previous.get("input"), dict) and previous["input"].get("tokenizer")
+    return named == tok.name and previous.get("tokenizer_sha256") == _digest(tok)
 
 
 def _empty_dir(path: Path) -> bool:
@@ -325,17 +332,6 @@ def export(model: Any, path: str | Path, format: str) -> Path:
             f"does: outputs of shape {got.shape} differ from transferkit's {expected.shape} by "
             f"up to {diff:.3g} (tolerance {allowed:.3g}); nothing was written"
         )
-    try:
-        check_target(path, fmt)  # nothing of the user's appeared there meanwhile
-        _swap(tmp, path)
-        if text:
-            _swap(tokenizer_path(tmp), tokenizer_path(path))
-    except OSError as e:
-        discard()
-        raise ExportError(f"cannot write the export {str(path)!r}: {e.strerror or e}") from None
-    except BaseException:
-        discard()
-        raise
     meta = {
         "format": format,
         "file": path.name,
@@ -355,15 +351,28 @@ def export(model: Any, path: str | Path, format: str) -> Path:
         "output": spec.output,
         "classes": model.classes,
         "check": {"inputs": CHECK_BATCH, "max_abs_diff": diff, "tolerance": allowed},
+        "sha256": _digest(tmp),  # the proof that transferkit wrote it: the bytes swapped in
     }
-    meta["sha256"] = _digest(path)  # the proof that transferkit wrote it
+    if text:
+        meta["tokenizer_sha256"] = _digest(tokenizer_path(tmp))
     tmp_side = sidecar(tmp)
     try:
         tmp_side.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        previous = check_target(path, fmt)  # nothing of the user's appeared there meanwhile
+        _swap(tmp, path)
+        if text:
+            _swap(tokenizer_path(tmp), tokenizer_path(path))
+        elif _ours_tokenizer(previous, tokenizer_path(path)):  # a text export's, replaced
+            shutil.rmtree(tokenizer_path(path), ignore_errors=True)
         os.replace(tmp_side, sidecar(path))
     except OSError as e:
+        discard()
         tmp_side.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {str(sidecar(path))!r}: {e.strerror or e}") from None
+        raise ExportError(f"cannot write the export {str(path)!r}: {e.strerror or e}") from None
+    except BaseException:
+        discard()
+        tmp_side.unlink(missing_ok=True)
+        raise
     return path
 
 

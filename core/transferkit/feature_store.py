@@ -34,7 +34,9 @@ from .errors import CacheError, warn
 from .lazy import is_lazy
 from .loaders import npy_header_fits
 
-VERSION = 1
+#: 2: entries carry the SHA-256 of their features (entries of 1 are listed and cleared,
+#: never read)
+VERSION = 2
 META = "meta.json"
 DATA = "features.npy"
 
@@ -99,7 +101,7 @@ def _meta(entry: Path) -> dict[str, Any] | None:
     if meta is None or not isinstance(meta.get("key"), dict):
         return None
     k = meta["key"]
-    if not isinstance(k.get("backbone"), str) or k.get("version") != VERSION:
+    if not isinstance(k.get("backbone"), str) or k.get("version") not in (1, VERSION):
         return None
     return meta
 
@@ -214,7 +216,7 @@ def _size(d: Path) -> int:
 
 
 def _listing(root: Path) -> list[Path]:
-    if root.is_symlink() or not root.is_dir():
+    if not root.is_dir():  # the root may be a link (to a larger disk): entries may not
         return []
     try:
         return sorted(root.iterdir())

@@ -376,11 +376,17 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
             else "it is not an .npz (zip) archive"
         )
     out: dict[str, np.ndarray] = {}
+    total = os.stat(path).st_size
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 if info.is_dir():
                     continue
+                if info.header_offset + info.compress_size > total:
+                    raise ValueError(
+                        f"member {info.filename!r} claims {info.compress_size} bytes past the "
+                        f"end of the {total}-byte file: the archive is corrupt"
+                    )
                 name = info.filename.removesuffix(".npy")
                 stored = info.compress_type == zipfile.ZIP_STORED
                 bound = info.compress_size if stored else _INFLATE * info.compress_size + 4096

@@ -19,14 +19,15 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelDirError, OverwriteError
 
 RECORD = ".transferkit-written.json"
-#: a record is a few lines per file: one much larger is not transferkit's
-_RECORD_MAX = 1 << 20
+#: the largest proof read: a record or a model's config.json (a million class names)
+_RECORD_MAX = 16 << 20
 
 
 def digest(path: Path) -> str:
@@ -37,24 +38,30 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_json(path: Path, max_bytes: int = _RECORD_MAX) -> dict | None:
-    """A small JSON object that transferkit may have written (a proof of authorship), or
-    None when ``path`` is no regular file, is larger than ``max_bytes``, or holds anything
-    but a readable JSON object: the caller then proves nothing and replaces nothing."""
+def read_json(path: Path, max_bytes: int = _RECORD_MAX, kind: type = dict) -> Any:
+    """A small JSON document that transferkit may have written (a proof of authorship, a
+    log), or None when ``path`` is no regular file, is larger than ``max_bytes``, or holds
+    anything but readable JSON of type ``kind``: the caller then proves nothing and
+    replaces nothing."""
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > max_bytes:
             return None
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
-    return doc if isinstance(doc, dict) else None
+    return doc if isinstance(doc, kind) else None
 
 
-def _record(directory: Path) -> dict[str, str]:
-    doc = read_json(directory / RECORD)
+def _record(directory: Path) -> dict[str, str] | None:
+    """The record's files and digests: {} when there is none, None when one is there but
+    unreadable (then it is left as it is: rewriting it would drop every file's proof)."""
+    path = directory / RECORD
+    if not path.exists() and not path.is_symlink():
+        return {}
+    doc = read_json(path)
     files = doc.get("files") if doc is not None else None
     if not isinstance(files, dict):
-        return {}
+        return None
     return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
 
 
@@ -79,7 +86,7 @@ def wrote(path: str | Path) -> bool:
     path = Path(path)
     if path.is_symlink() or not path.is_file():
         return False
-    want = _record(path.parent).get(path.name)
+    want = (_record(path.parent) or {}).get(path.name)
     try:
         return want is not None and digest(path) == want
     except OSError:
@@ -121,7 +128,6 @@ def write_file(path: str | Path, fill: Callable[[Path], None], what: str) -> Pat
         fill(tmp)
         check_file(path, what)  # nothing appeared there while we wrote
         os.replace(tmp, path)
-        record(path)
     except OSError as e:
         raise ModelDirError(
             f"cannot write the {what} {str(path)!r}: {e.strerror or e}; choose a writable "
@@ -130,6 +136,8 @@ def write_file(path: str | Path, fill: Callable[[Path], None], what: str) -> Pat
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+    with contextlib.suppress(OSError):  # written either way; unrecorded, it stays unproven
+        record(path)
     return path
 
 
@@ -139,14 +147,31 @@ def write_text(path: str | Path, text: str, what: str) -> Path:
 
 
 def record(*paths: Path) -> None:
-    """Note ``paths`` (files transferkit just wrote, in one directory) as transferkit's."""
+    """Note ``paths`` (files transferkit just wrote, in one directory) as transferkit's.
+    The record is read, changed and replaced under a lock on its directory, so writers in
+    one directory (two benchmark scripts, say) keep each other's entries."""
     by_dir: dict[Path, list[Path]] = {}
     for p in paths:
         by_dir.setdefault(p.parent, []).append(p)
     for directory, files in by_dir.items():
-        known = _record(directory)
-        known.update({p.name: digest(p) for p in files})
-        _write_record(directory, known)
+        with _locked(directory):
+            known = _record(directory)
+            if known is None:
+                continue
+            known.update({p.name: digest(p) for p in files})
+            _write_record(directory, known)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def only(directory: Path, allowed: Iterable[str]) -> list[str]:

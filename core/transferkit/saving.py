@@ -37,8 +37,9 @@ def save(model: Model, path: str | Path) -> Path:
     return atomic.write_dir(Path(path), fill, CONFIG_FILE, check_target, "model directory")
 
 
-#: everything :func:`save` writes in a model directory
-SAVED = (CONFIG_FILE, WEIGHTS_FILE, ASSETS, "history.json")
+#: everything :func:`save` writes in a model directory, and ``transferkit fit``'s
+#: ``history.csv`` beside it (with the record that proves it transferkit's)
+SAVED = (CONFIG_FILE, WEIGHTS_FILE, ASSETS, "history.json", "history.csv", owned.RECORD)
 
 
 def is_model_dir(path: Path) -> bool:
@@ -128,10 +129,7 @@ def load(path: str | Path, framework: str | None = None, **options: Any) -> Mode
     model.batchnorm = cfg.get("batchnorm")
     history = path / "history.json"
     if history.is_file():
-        try:
-            found = json.loads(history.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            found = None
+        found = owned.read_json(history, 64 << 20, list)
         # a log, not the model: a bad one loses nothing that matters
         ok = isinstance(found, list) and all(isinstance(e, dict) for e in found)
         model.history = found if ok else []
@@ -179,6 +177,8 @@ def read_config(path: Path) -> dict[str, Any]:
         if path.stat().st_size > 16 << 20:
             raise ValueError("it is over 16 MiB, far more than a model's description")
         cfg = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"it cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text ({e})") from None
     except RecursionError:

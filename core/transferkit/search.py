@@ -161,8 +161,8 @@ def _study(optuna: Any, storage: Any, sampler: Any, name: str, direction: str, s
     return study
 
 
-#: tables of an Optuna storage (any of them marks a database Optuna made)
-_OPTUNA_TABLES = {"studies", "version_info", "alembic_version", "trials"}
+#: tables every Optuna storage has (an application's "trials" table is not one)
+_OPTUNA_TABLES = {"studies", "version_info"}
 
 
 def check_storage(storage: Any) -> None:
@@ -194,7 +194,7 @@ def check_storage(storage: Any) -> None:
             tables = {r[0] for r in rows}
         except sqlite3.Error as e:
             raise ConfigError(f"storage {storage!r}: cannot read {str(path)!r}: {e}") from None
-    if not is_sqlite or (tables and not tables & _OPTUNA_TABLES):
+    if not is_sqlite or (tables and not tables >= _OPTUNA_TABLES):
         what = "a SQLite database of other tables" if is_sqlite else "not a SQLite database"
         raise OverwriteError(
             f"storage {storage!r}: {str(path)!r} is {what}, not an Optuna storage; transferkit "

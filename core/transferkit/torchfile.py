@@ -296,7 +296,10 @@ def read_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
         raise WeightsError(
             f"{where} " + ("is not a regular file" if path.exists() else "does not exist")
         )
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"cannot read {where} ({e.strerror or e})") from None
     try:
         result = _read_zip(raw) if zipfile.is_zipfile(io.BytesIO(raw)) else _read_legacy(raw)
         result = result.get("state_dict", result) if isinstance(result, dict) else result

@@ -194,7 +194,9 @@ class Trainer:
         model = self.model
         if names is None or model.head.task != "classification":
             return None
-        if len(names) != model.head.outputs:
+        if len(names) < model.head.outputs:
+            return None  # the data holds some of the head's classes: their names say nothing
+        if len(names) > model.head.outputs:
             raise LabelError(
                 f"the training data has {len(names)} classes ({', '.join(names[:5])}"
                 f"{' ...' if len(names) > 5 else ''}) but the head has {model.head.outputs} "

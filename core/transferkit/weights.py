@@ -45,7 +45,8 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist")
+        why = "is not a regular file" if path.exists() else "does not exist"
+        raise WeightsError(f"weights file {str(path)!r} {why}")
     if path.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}:
         raise WeightsError(
             f"{str(path)!r} looks like a pickle checkpoint; transferkit loads only safetensors. "
